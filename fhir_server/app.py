@@ -1,0 +1,49 @@
+"""create_app(settings): wires settings, store, interactions and routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from . import __version__
+from .config import Settings
+from .interactions import Context
+from .rest import errors, routes
+from .store import open_store
+from .validation import warm_up
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    store = open_store(settings.store, write_concern=settings.mongo_write_concern)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await store.start()
+        warm_up()
+        try:
+            yield
+        finally:
+            await store.close()
+
+    # No generated docs routes: the URL space belongs to FHIR ([base]/[type]/…).
+    app = FastAPI(
+        title="fhir-server",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.settings = settings
+    app.state.context = Context(store=store, settings=settings)
+    errors.install(app)
+    app.include_router(routes.router)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for uvicorn workers: settings come from FHIR_SERVER_* variables."""
+    return create_app(Settings())

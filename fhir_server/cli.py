@@ -1,0 +1,90 @@
+"""``fhir-server``: the command line (serve, …). Flags override FHIR_SERVER_* environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .config import Settings
+
+log = logging.getLogger("fhir_server")
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the FHIR server", description="Run the FHIR REST server.")
+    p.add_argument("--host", help="interface to listen on (default 127.0.0.1; env FHIR_SERVER_HOST)")
+    p.add_argument("--port", type=int, help="TCP port (default 8080; env FHIR_SERVER_PORT)")
+    p.add_argument(
+        "--store",
+        help="store URL: sqlite:///rel.db, sqlite:////abs.db or mongodb://host/db "
+        "(default sqlite:///./data/fhir.db; env FHIR_SERVER_STORE)",
+    )
+    p.add_argument("--workers", type=int, help="worker processes (default 1; env FHIR_SERVER_WORKERS)")
+    p.add_argument("--base-url", help="public base URL used in links (env FHIR_SERVER_BASE_URL)")
+    p.add_argument("--log-level", help="debug, info, warning, error (env FHIR_SERVER_LOG_LEVEL)")
+    p.set_defaults(func=serve)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    fields = ("host", "port", "store", "workers", "base_url", "log_level")
+    return {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    overrides = _overrides(args)
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    # Workers are separate processes that rebuild Settings from the environment: hand the flags on.
+    for name, value in overrides.items():
+        os.environ[f"FHIR_SERVER_{name.upper()}"] = str(value)
+    shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    print(f"fhir-server {__version__}: FHIR R4 base URL http://{shown_host}:{settings.port}", flush=True)
+    print(f"store: {_redact(settings.store)}", flush=True)
+    uvicorn.run(
+        "fhir_server.app:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=settings.log_level,
+        access_log=False,  # URLs carry identifiers (INS…): health data stays out of the logs
+        proxy_headers=True,
+    )
+    return 0
+
+
+def _redact(url: str) -> str:
+    """Never print credentials of a store URL."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fhir-server",
+        description="FHIR R4 health-data server (Mon espace santé model).",
+    )
+    parser.add_argument("--version", action="version", version=f"fhir-server {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _serve_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

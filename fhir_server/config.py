@@ -1,0 +1,29 @@
+"""One typed settings object: environment variables (``FHIR_SERVER_*``) overridden by CLI flags."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_STORE = "sqlite:///./data/fhir.db"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FHIR_SERVER_", extra="ignore")
+
+    store: str = Field(
+        DEFAULT_STORE, description="Store URL: sqlite:///rel.db, sqlite:////abs.db, mongodb://…"
+    )
+    host: str = Field("127.0.0.1", description="Interface to listen on")
+    port: int = Field(8080, description="TCP port")
+    workers: int = Field(1, ge=1, description="uvicorn worker processes")
+    base_url: str | None = Field(
+        None, description="Public base URL (e.g. https://fhir.example.org/fhir); default: from the request"
+    )
+    # 15 MiB: a stored version must fit MongoDB's 16 MiB document limit with its metadata.
+    max_body_bytes: int = Field(15 * 1024 * 1024, ge=1024, description="Largest accepted request body (413)")
+    max_json_depth: int = Field(64, ge=8, description="Deepest accepted JSON nesting (400)")
+    default_page_size: int = Field(50, ge=1, description="_count when the client gives none")
+    max_page_size: int = Field(1000, ge=1, description="Largest _count honoured")
+    mongo_write_concern: str = Field("majority", description="MongoDB write concern w= (majority by default)")
+    log_level: str = Field("info", description="Log level")

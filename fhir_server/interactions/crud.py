@@ -1,0 +1,217 @@
+"""create, read, vread, update, delete and their conditional forms (http://hl7.org/fhir/R4/http.html)."""
+
+from __future__ import annotations
+
+from ..errors import bad_request, conflict, gone, not_found, precondition_failed
+from ..fhirjson import dumps
+from ..instant import new_id, now_us, to_instant
+from ..search.criteria import parse_criteria, parse_criteria_string
+from ..search.indexing import index_entries
+from ..store import ResourceVersion, StoreQuery, Transaction, VersionConflict
+from ..validation import validate_resource
+from .context import Context, ResourceResult
+
+# Conditional delete of more matches than this is refused (412) rather than run unbounded.
+MAX_CONDITIONAL_DELETE = 1000
+
+
+def check_resource_type(resource: object, type_: str) -> dict:
+    if not isinstance(resource, dict):
+        raise bad_request("The request body must be a JSON object (a FHIR resource)")
+    found = resource.get("resourceType")
+    if found != type_:
+        raise bad_request(
+            f"resourceType {found!r} does not match the URL type {type_!r}", expression=("resourceType",)
+        )
+    return resource
+
+
+def stamp(resource: dict, id_: str, version: int, last_updated: int) -> bytes:
+    """The stored bytes: the client's content with the server-owned id, versionId and lastUpdated."""
+    meta = dict(resource.get("meta") or {})
+    meta["versionId"] = str(version)
+    meta["lastUpdated"] = to_instant(last_updated)
+    body = {"resourceType": resource["resourceType"], "id": id_, "meta": meta}
+    body.update((k, v) for k, v in resource.items() if k not in body)
+    return dumps(body)
+
+
+def _next_time(current: ResourceVersion | None) -> int:
+    """Now, but strictly after the previous version so a resource's history is ordered."""
+    now = now_us()
+    return max(now, current.last_updated + 1000) if current else now
+
+
+def _parse_etag(value: str) -> int:
+    tag = value.strip()
+    if tag.startswith("W/"):
+        tag = tag[2:]
+    tag = tag.strip('"')
+    if not tag.isdigit():
+        raise bad_request(f'Malformed ETag {value!r}: expected W/"<versionId>"')
+    return int(tag)
+
+
+async def _write(
+    tx: Transaction, type_: str, id_: str, resource: dict | None, method: str, current: ResourceVersion | None
+) -> ResourceVersion:
+    version = (current.version if current else 0) + 1
+    last_updated = _next_time(current)
+    body = stamp(resource, id_, version, last_updated) if resource is not None else None
+    stored = ResourceVersion(type_, id_, version, last_updated, method, body)
+    await tx.put(stored, index_entries(resource) if resource is not None else ())
+    return stored
+
+
+async def _single_match(tx: Transaction, query: StoreQuery) -> str | None:
+    ids = await tx.find_ids(query, 2)
+    if len(ids) > 1:
+        raise precondition_failed("The conditional criteria match more than one resource")
+    return ids[0] if ids else None
+
+
+async def create(
+    ctx: Context, type_: str, resource: object, if_none_exist: str | None = None
+) -> ResourceResult:
+    resource = check_resource_type(resource, type_)
+    validate_resource(resource)
+    query = parse_criteria_string(type_, if_none_exist) if if_none_exist else None
+
+    async def work(tx: Transaction) -> ResourceResult:
+        if query is not None:
+            found = await _single_match(tx, query)
+            if found is not None:
+                existing = await tx.read_current(type_, found)
+                assert existing is not None
+                return ResourceResult(existing, created=False)
+        return ResourceResult(await _write(tx, type_, new_id(), resource, "POST", None), created=True)
+
+    return await _transact(ctx, work)
+
+
+async def read(ctx: Context, type_: str, id_: str) -> ResourceVersion:
+    current = await ctx.store.read_current(type_, id_)
+    if current is None:
+        raise not_found(f"{type_}/{id_} is not known")
+    if current.deleted:
+        raise gone(f"{type_}/{id_} was deleted", headers=_deleted_headers(current))
+    return current
+
+
+async def vread(ctx: Context, type_: str, id_: str, version_id: str) -> ResourceVersion:
+    if not version_id.isdigit():
+        raise not_found(f"{type_}/{id_} has no version {version_id!r}")
+    found = await ctx.store.read_version(type_, id_, int(version_id))
+    if found is None:
+        raise not_found(f"{type_}/{id_} has no version {version_id}")
+    if found.deleted:
+        raise gone(f"Version {version_id} of {type_}/{id_} is a deletion", headers=_deleted_headers(found))
+    return found
+
+
+def _deleted_headers(version: ResourceVersion) -> dict[str, str]:
+    return {"ETag": f'W/"{version.version}"'}
+
+
+async def update(
+    ctx: Context, type_: str, id_: str, resource: object, if_match: str | None = None
+) -> ResourceResult:
+    resource = check_resource_type(resource, type_)
+    body_id = resource.get("id")
+    if body_id is None:
+        raise bad_request(
+            "The resource has no id: an update needs the id of the URL in the body", expression=("id",)
+        )
+    if body_id != id_:
+        raise bad_request(f"The body id {body_id!r} does not match the URL id {id_!r}", expression=("id",))
+    validate_resource(resource)
+    expected = _parse_etag(if_match) if if_match else None
+
+    async def work(tx: Transaction) -> ResourceResult:
+        return await _update_in(tx, type_, id_, resource, expected)
+
+    return await _transact(ctx, work)
+
+
+async def _update_in(
+    tx: Transaction, type_: str, id_: str, resource: dict, expected: int | None
+) -> ResourceResult:
+    current = await tx.read_current(type_, id_)
+    if expected is not None and (current is None or current.deleted or current.version != expected):
+        have = "no current version" if current is None or current.deleted else f"version {current.version}"
+        raise precondition_failed(
+            f"If-Match expects version {expected} of {type_}/{id_}, the server has {have}"
+        )
+    created = current is None or current.deleted
+    return ResourceResult(await _write(tx, type_, id_, resource, "PUT", current), created=created)
+
+
+async def conditional_update(
+    ctx: Context, type_: str, criteria: list[tuple[str, str]], resource: object
+) -> ResourceResult:
+    resource = check_resource_type(resource, type_)
+    validate_resource(resource)
+    query = _criteria(type_, criteria)
+    body_id = resource.get("id")
+
+    async def work(tx: Transaction) -> ResourceResult:
+        found = await _single_match(tx, query)
+        if found is None:
+            id_ = body_id or new_id()
+        elif body_id is not None and body_id != found:
+            raise bad_request(
+                f"The body id {body_id!r} differs from the matching resource {type_}/{found}",
+                expression=("id",),
+            )
+        else:
+            id_ = found
+        return await _update_in(tx, type_, id_, {**resource, "id": id_}, None)
+
+    return await _transact(ctx, work)
+
+
+async def delete(ctx: Context, type_: str, id_: str, if_match: str | None = None) -> ResourceVersion | None:
+    """Delete; returns the deletion version, or None when there was nothing live to delete."""
+    expected = _parse_etag(if_match) if if_match else None
+
+    async def work(tx: Transaction) -> ResourceVersion | None:
+        current = await tx.read_current(type_, id_)
+        if expected is not None and (current is None or current.deleted or current.version != expected):
+            raise precondition_failed(f"If-Match expects version {expected} of {type_}/{id_}")
+        if current is None or current.deleted:
+            return None
+        return await _write(tx, type_, id_, None, "DELETE", current)
+
+    return await _transact(ctx, work)
+
+
+async def conditional_delete(
+    ctx: Context, type_: str, criteria: list[tuple[str, str]]
+) -> list[ResourceVersion]:
+    """Delete every match (conditionalDelete = multiple), all in one atomic unit."""
+    query = _criteria(type_, criteria)
+
+    async def work(tx: Transaction) -> list[ResourceVersion]:
+        ids = await tx.find_ids(query, MAX_CONDITIONAL_DELETE + 1)
+        if len(ids) > MAX_CONDITIONAL_DELETE:
+            raise precondition_failed(f"The criteria match more than {MAX_CONDITIONAL_DELETE} resources")
+        deleted = []
+        for id_ in ids:
+            current = await tx.read_current(type_, id_)
+            deleted.append(await _write(tx, type_, id_, None, "DELETE", current))
+        return deleted
+
+    return await _transact(ctx, work)
+
+
+def _criteria(type_: str, criteria: list[tuple[str, str]]) -> StoreQuery:
+    if not criteria:
+        raise bad_request("Conditional update/delete needs search criteria in the URL")
+    return parse_criteria(type_, criteria)
+
+
+async def _transact(ctx: Context, work):
+    try:
+        return await ctx.store.transact(work)
+    except VersionConflict as exc:
+        raise conflict(f"Concurrent modification, retry the request: {exc}") from None

@@ -1,0 +1,68 @@
+"""history at instance, type and system level (http://hl7.org/fhir/R4/http.html#history)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import bad_request
+from ..instant import date_range
+from ..store import HistoryQuery, ResourceVersion
+from .context import Context
+from .paging import decode_cursor, encode_cursor, page_size
+
+PARAMETERS = ("_count", "_since", "_at", "_cursor")
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    versions: list[ResourceVersion]
+    total: int
+    next_cursor: str | None
+
+
+def _one(params: dict[str, list[str]], name: str) -> str | None:
+    values = params.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise bad_request(f"{name} may appear only once")
+    return values[0]
+
+
+def _date(name: str, value: str) -> tuple[int, int]:
+    found = date_range(value)
+    if found is None:
+        raise bad_request(f"{name}={value!r} is not a valid FHIR date, dateTime or instant")
+    return found
+
+
+async def history(
+    ctx: Context, params: dict[str, list[str]], type_: str | None = None, id_: str | None = None
+) -> HistoryPage:
+    for name in params:
+        if name not in PARAMETERS:
+            raise bad_request(
+                f"Parameter '{name}' is not supported by history (supported: {', '.join(PARAMETERS)})"
+            )
+    limit = page_size(_one(params, "_count"), ctx.settings.default_page_size, ctx.settings.max_page_size)
+    since = _one(params, "_since")
+    at = _one(params, "_at")
+    cursor = _one(params, "_cursor")
+    at_range = _date("_at", at) if at else (None, None)
+    query = HistoryQuery(
+        type=type_,
+        id=id_,
+        since=_date("_since", since)[0] if since else None,
+        at_low=at_range[0],
+        at_high=at_range[1],
+        before=tuple(decode_cursor(cursor, 4)) if cursor else None,  # type: ignore[arg-type]
+        limit=limit + 1,
+    )
+    total = await ctx.store.count_history(HistoryQuery(type_, id_, query.since, query.at_low, query.at_high))
+    versions = await ctx.store.history(query) if limit else []
+    next_cursor = None
+    if len(versions) > limit:
+        versions = versions[:limit]
+        last = versions[-1]
+        next_cursor = encode_cursor((last.last_updated, last.type, last.id, last.version))
+    return HistoryPage(versions, total, next_cursor)

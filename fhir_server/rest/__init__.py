@@ -1,0 +1,1 @@
+"""HTTP: routes, content negotiation, FHIR headers, Bundles, errors as OperationOutcome."""

@@ -1,0 +1,186 @@
+"""The FHIR REST API surface (http://hl7.org/fhir/R4/http.html). Routes are thin: HTTP in, interaction, out."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlencode
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..errors import bad_request, not_found, unsupported_media_type
+from ..instant import from_http_date
+from ..interactions import Context, crud
+from ..interactions import history as history_interaction
+from ..interactions import search as search_interaction
+from ..interactions.capabilities import capability_statement
+from ..store import ResourceVersion
+from ..validation import R4_RESOURCE_TYPES
+from .body import read_limited, read_resource
+from .responses import (
+    base_url,
+    bundle,
+    bundle_entry,
+    fhir_response,
+    version_headers,
+    write_response,
+)
+
+router = APIRouter()
+
+# Parameters every interaction accepts (http://hl7.org/fhir/R4/http.html#parameters).
+GENERAL = ("_format", "_pretty")
+
+
+def context(request: Request) -> Context:
+    return request.app.state.context
+
+
+def resource_type(name: str) -> str:
+    if name not in R4_RESOURCE_TYPES:
+        raise not_found(f"Unknown resource type {name!r}")
+    return name
+
+
+def query_params(request: Request) -> dict[str, list[str]]:
+    params: dict[str, list[str]] = {}
+    for key, value in request.query_params.multi_items():
+        if key not in GENERAL:
+            params.setdefault(key, []).append(value)
+    return params
+
+
+def criteria(request: Request) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in request.query_params.multi_items() if k not in GENERAL]
+
+
+def _not_modified(request: Request, version: ResourceVersion) -> bool:
+    """Conditional read: If-None-Match on the ETag, else If-Modified-Since at second precision."""
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None:
+        tags = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
+        return "*" in tags or f'"{version.version}"' in tags
+    since = request.headers.get("if-modified-since")
+    if since is not None:
+        limit = from_http_date(since)
+        return limit is not None and version.last_updated // 1_000_000 <= limit // 1_000_000
+    return False
+
+
+@router.get("/metadata")
+async def metadata(request: Request) -> Response:
+    return fhir_response(request, capability_statement(base_url(request)))
+
+
+@router.get("/_history")
+async def history_system(request: Request) -> Response:
+    return await _history(request, None, None, "_history")
+
+
+@router.get("/{type_name}/_history")
+async def history_type(request: Request, type_name: str) -> Response:
+    return await _history(request, resource_type(type_name), None, f"{type_name}/_history")
+
+
+@router.get("/{type_name}/{resource_id}/_history")
+async def history_instance(request: Request, type_name: str, resource_id: str) -> Response:
+    path = f"{type_name}/{resource_id}/_history"
+    return await _history(request, resource_type(type_name), resource_id, path)
+
+
+async def _history(request: Request, type_: str | None, id_: str | None, path: str) -> Response:
+    params = query_params(request)
+    page = await history_interaction.history(context(request), params, type_, id_)
+    base = base_url(request)
+    kept = [(k, v) for k, v in request.query_params.multi_items() if k != "_cursor"]
+    links = [("self", f"{base}/{path}" + (f"?{urlencode(kept)}" if kept else ""))]
+    if page.next_cursor:
+        links.append(("next", f"{base}/{path}?{urlencode([*kept, ('_cursor', page.next_cursor)])}"))
+    entries = [bundle_entry(base, v, with_request=True) for v in page.versions]
+    return fhir_response(request, bundle("history", entries, total=page.total, links=links))
+
+
+@router.get("/{type_name}")
+async def search_type(request: Request, type_name: str) -> Response:
+    return await _search(request, resource_type(type_name), criteria(request))
+
+
+@router.post("/{type_name}/_search")
+async def search_type_post(request: Request, type_name: str) -> Response:
+    """POST _search: form-encoded parameters (and any in the URL), same answer as GET."""
+    type_ = resource_type(type_name)
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("application/x-www-form-urlencoded"):
+        raise unsupported_media_type("POST _search takes application/x-www-form-urlencoded parameters")
+    body = await read_limited(request, request.app.state.settings.max_body_bytes)
+    try:
+        form = parse_qsl(body.decode("utf-8"), keep_blank_values=True)
+    except UnicodeDecodeError:
+        raise bad_request("The _search form is not valid UTF-8") from None
+    return await _search(request, type_, [*criteria(request), *((k, v) for k, v in form if k not in GENERAL)])
+
+
+async def _search(request: Request, type_: str, params: list[tuple[str, str]]) -> Response:
+    page = await search_interaction.search_type(context(request), type_, params)
+    base = base_url(request)
+    kept = [(k, v) for k, v in params if k != "_cursor"]
+    links = [("self", f"{base}/{type_}" + (f"?{urlencode(kept)}" if kept else ""))]
+    if page.next_cursor:
+        links.append(("next", f"{base}/{type_}?{urlencode([*kept, ('_cursor', page.next_cursor)])}"))
+    entries = [{**bundle_entry(base, v), "search": {"mode": "match"}} for v in page.matches]
+    return fhir_response(request, bundle("searchset", entries, total=page.total, links=links))
+
+
+@router.get("/{type_name}/{resource_id}/_history/{version_id}")
+async def vread(request: Request, type_name: str, resource_id: str, version_id: str) -> Response:
+    found = await crud.vread(context(request), resource_type(type_name), resource_id, version_id)
+    return fhir_response(request, found.body, headers=version_headers(found))
+
+
+@router.get("/{type_name}/{resource_id}")
+async def read(request: Request, type_name: str, resource_id: str) -> Response:
+    found = await crud.read(context(request), resource_type(type_name), resource_id)
+    if _not_modified(request, found):
+        return Response(status_code=304, headers=version_headers(found))
+    return fhir_response(request, found.body, headers=version_headers(found))
+
+
+@router.post("/{type_name}")
+async def create(request: Request, type_name: str) -> Response:
+    type_ = resource_type(type_name)
+    resource = await read_resource(request)
+    result = await crud.create(context(request), type_, resource, request.headers.get("if-none-exist"))
+    return write_response(request, result.version, 201 if result.created else 200)
+
+
+@router.put("/{type_name}/{resource_id}")
+async def update(request: Request, type_name: str, resource_id: str) -> Response:
+    type_ = resource_type(type_name)
+    resource = await read_resource(request)
+    result = await crud.update(
+        context(request), type_, resource_id, resource, request.headers.get("if-match")
+    )
+    return write_response(request, result.version, 201 if result.created else 200)
+
+
+@router.put("/{type_name}")
+async def conditional_update(request: Request, type_name: str) -> Response:
+    type_ = resource_type(type_name)
+    resource = await read_resource(request)
+    result = await crud.conditional_update(context(request), type_, criteria(request), resource)
+    return write_response(request, result.version, 201 if result.created else 200)
+
+
+@router.delete("/{type_name}/{resource_id}")
+async def delete(request: Request, type_name: str, resource_id: str) -> Response:
+    type_ = resource_type(type_name)
+    deleted = await crud.delete(context(request), type_, resource_id, request.headers.get("if-match"))
+    headers = {"ETag": f'W/"{deleted.version}"'} if deleted else None
+    return Response(status_code=204, headers=headers)
+
+
+@router.delete("/{type_name}")
+async def conditional_delete(request: Request, type_name: str) -> Response:
+    type_ = resource_type(type_name)
+    await crud.conditional_delete(context(request), type_, criteria(request))
+    return Response(status_code=204)

@@ -1,0 +1,1 @@
+"""Search: index extraction at write time, query parsing, planning and execution."""

@@ -1,0 +1,30 @@
+"""SearchParameter definitions: the official R4 set committed under capability/."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+CAPABILITY_DIR = Path(__file__).resolve().parents[2] / "capability"
+
+
+@lru_cache(maxsize=1)
+def definitions() -> tuple[dict, ...]:
+    with open(CAPABILITY_DIR / "search-parameters-r4.json", "rb") as f:
+        return tuple(json.load(f)["parameters"])
+
+
+@lru_cache(maxsize=1)
+def by_type() -> dict[str, dict[str, dict]]:
+    """resource type → code → definition (``Resource``/``DomainResource`` ones apply to all types)."""
+    table: dict[str, dict[str, dict]] = {}
+    for definition in definitions():
+        for base in definition.get("base", ()):
+            table.setdefault(base, {})[definition["code"]] = definition
+    return table
+
+
+def parameter(type_: str, code: str) -> dict | None:
+    table = by_type()
+    return table.get(type_, {}).get(code) or table.get("Resource", {}).get(code)

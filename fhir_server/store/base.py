@@ -1,0 +1,155 @@
+"""The Store protocol: what both backends (SQLite, MongoDB) provide, and nothing FHIR-search specific.
+
+A store keeps every version of every resource as the exact JSON bytes the server produced, plus
+the search index entries of each *current* version. All writes happen inside ``transact``: the new
+version, the current pointer, the superseded mark of the previous version and the index entries
+change together or not at all.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceVersion:
+    """One stored version. ``body`` is None for a deletion."""
+
+    type: str
+    id: str
+    version: int
+    last_updated: int  # microseconds since the Unix epoch, UTC
+    method: str  # POST | PUT | PATCH | DELETE: the interaction that made it (history request.method)
+    body: bytes | None
+
+    @property
+    def deleted(self) -> bool:
+        return self.body is None
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """One normalized search value of a current resource version.
+
+    ``value`` holds a normalized string, code, URI or reference target; ``system`` a token/quantity
+    system or a reference's target type; ``low``/``high`` the range of a date, number or quantity.
+    """
+
+    param: str
+    value: str | None = None
+    system: str | None = None
+    low: float | None = None
+    high: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenMatch:
+    """``param=[system|]code``. ``system`` None: any system; "" : no system."""
+
+    param: str
+    code: str
+    system: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreQuery:
+    """A conjunction of disjunctions over one resource type (live resources only)."""
+
+    type: str
+    ids: tuple[str, ...] | None = None
+    all_of: tuple[tuple[TokenMatch, ...], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    """History of the system, a type, or one resource, newest first.
+
+    ``since``: versions last updated at/after it. ``at_low``/``at_high``: versions that were current at
+    some point in [at_low, at_high). ``before``: paging cursor, the (last_updated, type, id, version)
+    key of the last entry of the previous page.
+    """
+
+    type: str | None = None
+    id: str | None = None
+    since: int | None = None
+    at_low: int | None = None
+    at_high: int | None = None
+    before: tuple[int, str, str, int] | None = None
+    limit: int = 50
+
+
+class Transaction(ABC):
+    """The view of the store inside one atomic unit of work."""
+
+    @abstractmethod
+    async def read_current(self, type_: str, id_: str) -> ResourceVersion | None: ...
+
+    @abstractmethod
+    async def find_ids(self, query: StoreQuery, limit: int) -> list[str]: ...
+
+    @abstractmethod
+    async def put(self, version: ResourceVersion, entries: Sequence[IndexEntry]) -> None:
+        """Store ``version`` as the new current version.
+
+        It must be exactly one more than the current version (1 for a new resource), else
+        ``VersionConflict``. A deletion (body None) removes the resource's index entries.
+        """
+
+
+class VersionConflict(Exception):
+    """Another writer changed the resource between read and write."""
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached or refused the operation."""
+
+
+class Store(ABC):
+    """Async persistence for resource versions and their index entries."""
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Open connections, create schema and indexes (idempotent)."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def read_current(self, type_: str, id_: str) -> ResourceVersion | None:
+        """The current version (possibly a deletion), or None if the resource never existed."""
+
+    @abstractmethod
+    async def read_version(self, type_: str, id_: str, version: int) -> ResourceVersion | None: ...
+
+    @abstractmethod
+    async def history(self, query: HistoryQuery) -> list[ResourceVersion]: ...
+
+    @abstractmethod
+    async def count_history(self, query: HistoryQuery) -> int: ...
+
+    @abstractmethod
+    async def find_ids(self, query: StoreQuery, limit: int) -> list[str]: ...
+
+    @abstractmethod
+    async def search(self, query: StoreQuery, limit: int, after: str | None = None) -> list[ResourceVersion]:
+        """Current versions of the live matches, in id order, ids strictly after ``after``."""
+
+    @abstractmethod
+    async def count(self, query: StoreQuery) -> int:
+        """Number of live matches, without loading any body."""
+
+    @abstractmethod
+    async def transact(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
+        """Run ``work`` atomically; retried on transient write conflicts; all or nothing."""
+
+    async def __aenter__(self) -> Store:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,466 @@
+"""Store on MongoDB (replica set or sharded cluster, ≥ 6): pymongo's native asyncio client.
+
+Documents
+---------
+``resource_version``: one document per version, never deleted::
+
+    {_id: "Type/id/version", t, i, v, lu: last_updated µs (int64), sup: last_updated of the next version
+     (missing while current), m: method, body: the exact JSON bytes (BSON binary) or null for a deletion}
+
+Bodies are raw bytes on purpose: reads are byte-identical on both stores, and FHIR decimals keep their
+precision (``1.50`` would become the double 1.5 as BSON).
+
+``resource``: the current version of each resource and its search index entries::
+
+    {_id: "Type/id", t, i, v, del: bool, idx: [{p: param, v?: value, s?: system, lo?: low, hi?: high}]}
+
+An index entry omits its None fields; ``{s: null}`` then matches exactly the entries without a system,
+which is SQLite's ``system IS NULL`` (an empty-string system is stored and matched as "").
+
+Indexes (created by ``start``, idempotent)
+------------------------------------------
+``resource_version``:
+  * ``version_unique`` ``{t, i, v}`` unique: the version key (also a safety net against double writes).
+  * ``system_history`` ``{lu, t, i, v}``: whole-system history, newest first (index walked backwards).
+  * ``type_history`` ``{t, lu, i, v}``: history of a type, and of one resource (``i`` filtered on it).
+``resource``:
+  * ``current_by_type`` ``{t, del, i}``: live resources of a type in id order (``find_ids``).
+  * ``index_value`` ``{t, idx.p, idx.v, idx.s}``: multikey, token / string / reference matches.
+  * ``index_range`` ``{t, idx.p, idx.lo, idx.hi}``: multikey, date / number / quantity ranges.
+
+Queries on ``idx`` always use ``$elemMatch`` so that every condition hits the same index entry.
+
+Transactions: every ``transact`` is one multi-document transaction (read concern majority, write concern
+``w`` — majority by default —, primary reads), retried as a whole on transient errors (write conflicts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from pymongo import AsyncMongoClient, ReadPreference
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import (
+    DuplicateKeyError,
+    OperationFailure,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+)
+from pymongo.read_concern import ReadConcern
+from pymongo.write_concern import WriteConcern
+
+from .base import (
+    HistoryQuery,
+    IndexEntry,
+    ResourceVersion,
+    Store,
+    StoreQuery,
+    StoreUnavailable,
+    Transaction,
+    VersionConflict,
+)
+
+T = TypeVar("T")
+
+DEFAULT_DATABASE = "fhir"
+VERSIONS = "resource_version"
+CURRENT = "resource"
+
+#: Attempts of a whole transaction when the server reports a transient error (write conflict, failover).
+#: Real MongoDB only conflicts on the same documents; mongoeco (the test stand-in) fails every concurrent
+#: writing transaction but the first to commit, so N concurrent writers need up to ~N/2+1 attempts there
+#: (measured: 6 for 10 writers, 8 for 20), with the jittered exponential backoff below.
+MAX_TRANSACTION_ATTEMPTS = 10
+#: Attempts of a commit whose outcome is unknown (network error, write concern timeout).
+MAX_COMMIT_ATTEMPTS = 5
+_BACKOFF_INITIAL = 0.005
+_BACKOFF_MAX = 0.25
+_WRITE_CONFLICT = 112  # server error code WriteConflict
+
+_VERSION_FIELDS = {"_id": 0, "t": 1, "i": 1, "v": 1, "lu": 1, "m": 1, "body": 1}
+_NEWEST_FIRST = [("lu", -1), ("t", -1), ("i", -1), ("v", -1)]
+# Same order when the type is fixed by the query, spelled so that it walks ``type_history`` backwards.
+_NEWEST_FIRST_IN_TYPE = [("t", -1), ("lu", -1), ("i", -1), ("v", -1)]
+
+
+def database_name(url: str) -> str:
+    """``mongodb://h:27017/mydb?…`` → ``mydb``; no path → ``fhir``."""
+    name = unquote(urlsplit(url).path.lstrip("/"))
+    return name or DEFAULT_DATABASE
+
+
+def _parse_w(write_concern: str | int) -> str | int:
+    """``"majority"`` / a tag set name stays a string, ``"1"`` becomes the number 1."""
+    if isinstance(write_concern, int):
+        return write_concern
+    text = write_concern.strip()
+    return int(text) if text.isdigit() else text
+
+
+def _version_doc(version: ResourceVersion) -> dict[str, Any]:
+    return {
+        "_id": f"{version.type}/{version.id}/{version.version}",
+        "t": version.type,
+        "i": version.id,
+        "v": version.version,
+        "lu": version.last_updated,
+        "m": version.method,
+        "body": version.body,
+    }
+
+
+def _entry_doc(entry: IndexEntry) -> dict[str, Any]:
+    doc: dict[str, Any] = {"p": entry.param}
+    if entry.value is not None:
+        doc["v"] = entry.value
+    if entry.system is not None:
+        doc["s"] = entry.system
+    # Floats like SQLite's REAL columns (and no int64 overflow for huge integers).
+    if entry.low is not None:
+        doc["lo"] = float(entry.low)
+    if entry.high is not None:
+        doc["hi"] = float(entry.high)
+    return doc
+
+
+def _to_version(doc: dict[str, Any]) -> ResourceVersion:
+    body = doc.get("body")
+    return ResourceVersion(
+        doc["t"], doc["i"], doc["v"], doc["lu"], doc["m"], bytes(body) if body is not None else None
+    )
+
+
+def _find_filter(query: StoreQuery) -> dict[str, Any] | None:
+    """The ``resource`` filter of a StoreQuery; None when it can match nothing."""
+    conditions: list[dict[str, Any]] = [{"t": query.type}, {"del": False}]
+    if query.ids is not None:
+        conditions.append({"i": {"$in": list(query.ids)}})
+    for any_of in query.all_of:
+        if not any_of:
+            return None  # an empty disjunction is false
+        alternatives = []
+        for match in any_of:
+            entry: dict[str, Any] = {"p": match.param, "v": match.code}
+            if match.system == "":
+                entry["s"] = None  # no system: the field is absent (SQLite: system IS NULL)
+            elif match.system is not None:
+                entry["s"] = match.system
+            alternatives.append({"idx": {"$elemMatch": entry}})
+        conditions.append(alternatives[0] if len(alternatives) == 1 else {"$or": alternatives})
+    return {"$and": conditions}
+
+
+async def _find_ids(
+    current: AsyncCollection, query: StoreQuery, limit: int, session: AsyncClientSession | None
+) -> list[str]:
+    return [doc["i"] for doc in await _find_current(current, query, limit, None, session)]
+
+
+async def _find_current(
+    current: AsyncCollection,
+    query: StoreQuery,
+    limit: int,
+    after: str | None,
+    session: AsyncClientSession | None,
+) -> list[dict[str, Any]]:
+    """``{i, v}`` of the live matches in id order (served by the ``current_by_type`` index)."""
+    flt = _find_filter(query)
+    if flt is None or limit <= 0:
+        return []
+    if after is not None:
+        flt["$and"].append({"i": {"$gt": after}})
+    cursor = current.find(flt, {"_id": 0, "i": 1, "v": 1}, session=session).sort("i", 1).limit(limit)
+    return [doc async for doc in cursor]
+
+
+def _history_filter(query: HistoryQuery) -> dict[str, Any]:
+    conditions: list[dict[str, Any]] = []
+    if query.type is not None:
+        conditions.append({"t": query.type})
+    if query.id is not None:
+        conditions.append({"i": query.id})
+    if query.since is not None:
+        conditions.append({"lu": {"$gte": query.since}})
+    # Current at some point in [at_low, at_high): started before at_high, superseded after at_low.
+    if query.at_high is not None:
+        conditions.append({"lu": {"$lt": query.at_high}})
+    if query.at_low is not None:
+        conditions.append({"$or": [{"sup": None}, {"sup": {"$gt": query.at_low}}]})
+    return {"$and": conditions} if conditions else {}
+
+
+def _before_filter(before: tuple[int, str, str, int]) -> dict[str, Any]:
+    """(lu, t, i, v) < before, lexicographically, as an ``$or`` chain (plus a bound for the index)."""
+    lu, t, i, v = before
+    return {
+        "$and": [
+            {"lu": {"$lte": lu}},
+            {
+                "$or": [
+                    {"lu": {"$lt": lu}},
+                    {"lu": lu, "t": {"$lt": t}},
+                    {"lu": lu, "t": t, "i": {"$lt": i}},
+                    {"lu": lu, "t": t, "i": i, "v": {"$lt": v}},
+                ]
+            },
+        ]
+    }
+
+
+@contextlib.contextmanager
+def _unavailable() -> Iterator[None]:
+    """Driver errors outside transactions → StoreUnavailable."""
+    try:
+        yield
+    except PyMongoError as exc:
+        raise StoreUnavailable(f"MongoDB: {exc}") from exc
+
+
+def _is_mongoeco_commit_conflict(exc: PyMongoError) -> bool:
+    # mongoeco (the test stand-in) validates transactions optimistically at commit and reports a conflict
+    # as a plain error: no code, no TransientTransactionError label. Real MongoDB reports write conflicts
+    # at write time (code 112, labelled), so this never matches there.
+    return isinstance(exc, OperationFailure) and exc.code is None and "write conflict" in str(exc).lower()
+
+
+def _is_write_conflict(exc: PyMongoError) -> bool:
+    return (
+        isinstance(exc, OperationFailure) and exc.code == _WRITE_CONFLICT
+    ) or _is_mongoeco_commit_conflict(exc)
+
+
+def _is_transient(exc: PyMongoError) -> bool:
+    if isinstance(exc, ServerSelectionTimeoutError):
+        return False  # already waited serverSelectionTimeoutMS: the server is gone, not busy
+    return exc.has_error_label("TransientTransactionError") or _is_write_conflict(exc)
+
+
+class MongoTransaction(Transaction):
+    """Every read and write of one ``transact`` attempt, bound to its session."""
+
+    def __init__(self, db: AsyncDatabase, session: AsyncClientSession) -> None:
+        self._versions = db[VERSIONS]
+        self._current = db[CURRENT]
+        self._session = session
+
+    async def read_current(self, type_: str, id_: str) -> ResourceVersion | None:
+        return await _read_current(self._current, self._versions, type_, id_, self._session)
+
+    async def find_ids(self, query: StoreQuery, limit: int) -> list[str]:
+        return await _find_ids(self._current, query, limit, self._session)
+
+    async def put(self, version: ResourceVersion, entries: Sequence[IndexEntry]) -> None:
+        session = self._session
+        key = f"{version.type}/{version.id}"
+        row = await self._current.find_one({"_id": key}, {"_id": 0, "v": 1}, session=session)
+        current = row["v"] if row else 0
+        if version.version != current + 1:
+            raise VersionConflict(f"{key}: version {current} is current")
+        try:
+            await self._versions.insert_one(_version_doc(version), session=session)
+        except DuplicateKeyError as exc:
+            raise VersionConflict(f"{key}: version {version.version} already exists") from exc
+        if current:
+            await self._versions.update_one(
+                {"_id": f"{key}/{current}"}, {"$set": {"sup": version.last_updated}}, session=session
+            )
+        doc = {
+            "t": version.type,
+            "i": version.id,
+            "v": version.version,
+            "del": version.deleted,
+            "idx": [] if version.deleted else [_entry_doc(e) for e in entries],
+        }
+        if current:
+            result = await self._current.replace_one({"_id": key, "v": current}, doc, session=session)
+            if result.matched_count != 1:
+                raise VersionConflict(f"{key}: version {current} is no longer current")
+        else:
+            try:
+                await self._current.insert_one({"_id": key, **doc}, session=session)
+            except DuplicateKeyError as exc:
+                raise VersionConflict(f"{key}: created concurrently") from exc
+
+
+async def _read_current(
+    current: AsyncCollection,
+    versions: AsyncCollection,
+    type_: str,
+    id_: str,
+    session: AsyncClientSession | None,
+) -> ResourceVersion | None:
+    key = f"{type_}/{id_}"
+    row = await current.find_one({"_id": key}, {"_id": 0, "v": 1}, session=session)
+    if row is None:
+        return None
+    # Versions are immutable (bar ``sup``), so a concurrent update between the two reads is harmless:
+    # the answer is the version that was current at the first read.
+    doc = await versions.find_one({"_id": f"{key}/{row['v']}"}, _VERSION_FIELDS, session=session)
+    return _to_version(doc) if doc else None
+
+
+class MongoStore(Store):
+    def __init__(self, url: str, write_concern: str | int = "majority") -> None:
+        self.url = url
+        self.database_name = database_name(url)
+        self._w = _parse_w(write_concern)
+        self._client: AsyncMongoClient | None = None
+        self._db: AsyncDatabase | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._client is not None:
+            return
+        try:
+            client: AsyncMongoClient = AsyncMongoClient(self.url, w=self._w, appname="fhir-server")
+        except (PyMongoError, ValueError, TypeError) as exc:
+            raise StoreUnavailable(f"invalid MongoDB URL or option: {exc}") from exc
+        db = client[self.database_name]
+        try:
+            # ``ping`` rather than ``server_info()``: the latter needs ``buildinfo`` (missing in mongoeco).
+            await client.admin.command("ping")
+            await self._create_indexes(db)
+        except PyMongoError as exc:
+            await client.close()
+            raise StoreUnavailable(f"cannot use MongoDB database {self.database_name!r}: {exc}") from exc
+        self._client, self._db = client, db
+
+    @staticmethod
+    async def _create_indexes(db: AsyncDatabase) -> None:
+        versions, current = db[VERSIONS], db[CURRENT]
+        await versions.create_index([("t", 1), ("i", 1), ("v", 1)], name="version_unique", unique=True)
+        await versions.create_index([("lu", 1), ("t", 1), ("i", 1), ("v", 1)], name="system_history")
+        await versions.create_index([("t", 1), ("lu", 1), ("i", 1), ("v", 1)], name="type_history")
+        await current.create_index([("t", 1), ("del", 1), ("i", 1)], name="current_by_type")
+        await current.create_index([("t", 1), ("idx.p", 1), ("idx.v", 1), ("idx.s", 1)], name="index_value")
+        await current.create_index([("t", 1), ("idx.p", 1), ("idx.lo", 1), ("idx.hi", 1)], name="index_range")
+
+    async def close(self) -> None:
+        client, self._client, self._db = self._client, None, None
+        if client is not None:
+            await client.close()
+
+    @property
+    def _database(self) -> AsyncDatabase:
+        if self._db is None:
+            raise StoreUnavailable("store is not started")
+        return self._db
+
+    # -- reads ---------------------------------------------------------------------------------------
+
+    async def read_current(self, type_: str, id_: str) -> ResourceVersion | None:
+        db = self._database
+        with _unavailable():
+            return await _read_current(db[CURRENT], db[VERSIONS], type_, id_, None)
+
+    async def read_version(self, type_: str, id_: str, version: int) -> ResourceVersion | None:
+        db = self._database
+        with _unavailable():
+            doc = await db[VERSIONS].find_one({"_id": f"{type_}/{id_}/{version}"}, _VERSION_FIELDS)
+        return _to_version(doc) if doc else None
+
+    async def history(self, query: HistoryQuery) -> list[ResourceVersion]:
+        db = self._database
+        flt = _history_filter(query)
+        if query.before is not None:
+            flt = {"$and": [flt, _before_filter(query.before)]} if flt else _before_filter(query.before)
+        if query.limit <= 0:
+            return []
+        order = _NEWEST_FIRST_IN_TYPE if query.type is not None else _NEWEST_FIRST
+        with _unavailable():
+            cursor = db[VERSIONS].find(flt, _VERSION_FIELDS).sort(order).limit(query.limit)
+            return [_to_version(doc) async for doc in cursor]
+
+    async def count_history(self, query: HistoryQuery) -> int:
+        db = self._database
+        with _unavailable():
+            return await db[VERSIONS].count_documents(_history_filter(query))
+
+    async def find_ids(self, query: StoreQuery, limit: int) -> list[str]:
+        db = self._database
+        with _unavailable():
+            return await _find_ids(db[CURRENT], query, limit, None)
+
+    async def search(self, query: StoreQuery, limit: int, after: str | None = None) -> list[ResourceVersion]:
+        """Two queries whatever the page size: the matching ids, then their current versions."""
+        db = self._database
+        with _unavailable():
+            matches = await _find_current(db[CURRENT], query, limit, after, None)
+            if not matches:
+                return []
+            keys = [f"{query.type}/{m['i']}/{m['v']}" for m in matches]
+            docs = await db[VERSIONS].find({"_id": {"$in": keys}}, _VERSION_FIELDS).to_list(None)
+        by_id = {doc["i"]: _to_version(doc) for doc in docs}
+        return [by_id[m["i"]] for m in matches if m["i"] in by_id]
+
+    async def count(self, query: StoreQuery) -> int:
+        db = self._database
+        flt = _find_filter(query)
+        if flt is None:
+            return 0
+        with _unavailable():
+            return await db[CURRENT].count_documents(flt)
+
+    # -- writes --------------------------------------------------------------------------------------
+
+    async def transact(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
+        db = self._database
+        assert self._client is not None
+        client = self._client
+        options = {
+            "read_concern": ReadConcern("majority"),
+            "write_concern": WriteConcern(w=self._w),
+            "read_preference": ReadPreference.PRIMARY,
+        }
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with client.start_session() as session:
+                    await session.start_transaction(**options)
+                    try:
+                        result = await work(MongoTransaction(db, session))
+                    except BaseException:
+                        if session.in_transaction:
+                            await session.abort_transaction()  # errors ignored by pymongo
+                        raise
+                    await self._commit(client, session)
+                    return result
+            except PyMongoError as exc:
+                if _is_transient(exc) and attempt < MAX_TRANSACTION_ATTEMPTS:
+                    await asyncio.sleep(random.random() * min(_BACKOFF_INITIAL * 2**attempt, _BACKOFF_MAX))
+                    continue
+                if _is_write_conflict(exc):
+                    raise VersionConflict(f"write conflict persisted after {attempt} attempts") from exc
+                raise StoreUnavailable(f"MongoDB transaction failed: {exc}") from exc
+
+    @staticmethod
+    async def _commit(client: AsyncMongoClient, session: AsyncClientSession) -> None:
+        started = time.monotonic()
+        for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
+            try:
+                await session.commit_transaction()
+                return
+            except PyMongoError as exc:
+                if (
+                    exc.has_error_label("UnknownTransactionCommitResult")
+                    and attempt < MAX_COMMIT_ATTEMPTS
+                    and time.monotonic() - started < 60
+                ):
+                    continue  # commitTransaction is idempotent: retrying it is safe
+                if _is_mongoeco_commit_conflict(exc):
+                    # mongoeco leaves the failed transaction open on its side of the (pooled, reused)
+                    # server session and pymongo forbids aborting after a commit: end the server session
+                    # so the next transaction on it starts afresh. Portable (endSessions is standard).
+                    with contextlib.suppress(PyMongoError):
+                        await client.admin.command("endSessions", [session.session_id])
+                raise

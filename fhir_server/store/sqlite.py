@@ -1,0 +1,294 @@
+"""Embedded store on SQLite: WAL journal, one writer, concurrent readers, zero set-up.
+
+Point reads and writes are microsecond-scale B-tree operations, so they run on the event loop thread:
+a thread hop would cost more than the query. Writers are serialized by an asyncio lock (and, across
+worker processes, by SQLite's own file lock with a busy timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .base import (
+    HistoryQuery,
+    IndexEntry,
+    ResourceVersion,
+    Store,
+    StoreQuery,
+    StoreUnavailable,
+    Transaction,
+    VersionConflict,
+)
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS resource_version (
+    type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    last_updated INTEGER NOT NULL,
+    superseded INTEGER,
+    method TEXT NOT NULL,
+    body BLOB,
+    PRIMARY KEY (type, id, version)
+);
+CREATE INDEX IF NOT EXISTS resource_version_system_history
+    ON resource_version (last_updated, type, id, version);
+CREATE INDEX IF NOT EXISTS resource_version_type_history
+    ON resource_version (type, last_updated, id, version);
+CREATE TABLE IF NOT EXISTS resource (
+    type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    deleted INTEGER NOT NULL,
+    PRIMARY KEY (type, id),
+    FOREIGN KEY (type, id, version) REFERENCES resource_version (type, id, version)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS search_index (
+    type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    param TEXT NOT NULL,
+    value TEXT,
+    system TEXT,
+    low REAL,
+    high REAL,
+    FOREIGN KEY (type, id) REFERENCES resource (type, id) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS search_index_value ON search_index (type, param, value, system);
+CREATE INDEX IF NOT EXISTS search_index_range ON search_index (type, param, low, high);
+CREATE INDEX IF NOT EXISTS search_index_owner ON search_index (type, id);
+"""
+
+_CURRENT = """
+SELECT v.type, v.id, v.version, v.last_updated, v.method, v.body
+FROM resource r JOIN resource_version v ON v.type = r.type AND v.id = r.id AND v.version = r.version
+WHERE r.type = ? AND r.id = ?
+"""
+_VERSION = """
+SELECT type, id, version, last_updated, method, body FROM resource_version
+WHERE type = ? AND id = ? AND version = ?
+"""
+
+
+def _row_to_version(row: tuple) -> ResourceVersion:
+    return ResourceVersion(row[0], row[1], row[2], row[3], row[4], row[5])
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL mode: a crash of the process never loses a committed transaction; only an OS
+    # crash or power cut may lose the last ones (the database stays consistent). See README.
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA cache_size=-65536")
+    conn.execute("PRAGMA temp_store=MEMORY")
+    return conn
+
+
+class SQLiteTransaction(Transaction):
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    async def read_current(self, type_: str, id_: str) -> ResourceVersion | None:
+        row = self._conn.execute(_CURRENT, (type_, id_)).fetchone()
+        return _row_to_version(row) if row else None
+
+    async def find_ids(self, query: StoreQuery, limit: int) -> list[str]:
+        return _find_ids(self._conn, query, limit)
+
+    async def put(self, version: ResourceVersion, entries: Sequence[IndexEntry]) -> None:
+        conn = self._conn
+        row = conn.execute(
+            "SELECT version FROM resource WHERE type = ? AND id = ?", (version.type, version.id)
+        ).fetchone()
+        current = row[0] if row else 0
+        if version.version != current + 1:
+            raise VersionConflict(f"{version.type}/{version.id}: version {current} is current")
+        conn.execute(
+            "INSERT INTO resource_version (type, id, version, last_updated, method, body)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (version.type, version.id, version.version, version.last_updated, version.method, version.body),
+        )
+        if current:
+            conn.execute(
+                "UPDATE resource_version SET superseded = ? WHERE type = ? AND id = ? AND version = ?",
+                (version.last_updated, version.type, version.id, current),
+            )
+        conn.execute(
+            "INSERT INTO resource (type, id, version, deleted) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (type, id) DO UPDATE SET version = excluded.version, deleted = excluded.deleted",
+            (version.type, version.id, version.version, int(version.deleted)),
+        )
+        if current:
+            conn.execute("DELETE FROM search_index WHERE type = ? AND id = ?", (version.type, version.id))
+        if entries and not version.deleted:
+            conn.executemany(
+                "INSERT INTO search_index (type, id, param, value, system, low, high)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(version.type, version.id, e.param, e.value, e.system, e.low, e.high) for e in entries],
+            )
+
+
+def _match_where(query: StoreQuery, after: str | None = None) -> tuple[str, list[Any]] | None:
+    """WHERE clause over ``resource r`` for a StoreQuery; None when it can match nothing."""
+    sql = ["r.type = ? AND r.deleted = 0"]
+    args: list[Any] = [query.type]
+    if query.ids is not None:
+        sql.append(f"AND r.id IN ({', '.join('?' * len(query.ids))})")
+        args.extend(query.ids)
+    if after is not None:
+        sql.append("AND r.id > ?")
+        args.append(after)
+    for any_of in query.all_of:
+        if not any_of:
+            return None  # an empty disjunction is false (and "AND ()" is not SQL)
+        ors = []
+        for match in any_of:
+            cond = "(s.param = ? AND s.value = ?"
+            args.extend((match.param, match.code))
+            if match.system == "":
+                cond += " AND s.system IS NULL"
+            elif match.system is not None:
+                cond += " AND s.system = ?"
+                args.append(match.system)
+            ors.append(cond + ")")
+        sql.append(
+            "AND EXISTS (SELECT 1 FROM search_index s WHERE s.type = r.type AND s.id = r.id"
+            f" AND ({' OR '.join(ors)}))"
+        )
+    return " ".join(sql), args
+
+
+def _find_ids(conn: sqlite3.Connection, query: StoreQuery, limit: int) -> list[str]:
+    where = _match_where(query)
+    if where is None or limit <= 0:
+        return []
+    sql, args = where
+    return [
+        row[0]
+        for row in conn.execute(
+            f"SELECT r.id FROM resource r WHERE {sql} ORDER BY r.id LIMIT ?", [*args, limit]
+        )
+    ]
+
+
+def _history_where(query: HistoryQuery) -> tuple[str, list[Any]]:
+    where: list[str] = []
+    args: list[Any] = []
+    if query.type is not None:
+        where.append("type = ?")
+        args.append(query.type)
+    if query.id is not None:
+        where.append("id = ?")
+        args.append(query.id)
+    if query.since is not None:
+        where.append("last_updated >= ?")
+        args.append(query.since)
+    # Current at some point in [at_low, at_high): started before at_high, superseded after at_low.
+    if query.at_high is not None:
+        where.append("last_updated < ?")
+        args.append(query.at_high)
+    if query.at_low is not None:
+        where.append("(superseded IS NULL OR superseded > ?)")
+        args.append(query.at_low)
+    return (" WHERE " + " AND ".join(where)) if where else "", args
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._write_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        if self._writer is not None:
+            return
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._writer = _connect(self.path)
+            self._writer.executescript(SCHEMA)
+            self._reader = _connect(self.path) if self.path != ":memory:" else self._writer
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
+
+    async def close(self) -> None:
+        for conn in {id(c): c for c in (self._reader, self._writer) if c is not None}.values():
+            conn.close()
+        self._writer = self._reader = None
+
+    @property
+    def _read_conn(self) -> sqlite3.Connection:
+        if self._reader is None:
+            raise StoreUnavailable("store is not started")
+        return self._reader
+
+    async def read_current(self, type_: str, id_: str) -> ResourceVersion | None:
+        row = self._read_conn.execute(_CURRENT, (type_, id_)).fetchone()
+        return _row_to_version(row) if row else None
+
+    async def read_version(self, type_: str, id_: str, version: int) -> ResourceVersion | None:
+        row = self._read_conn.execute(_VERSION, (type_, id_, version)).fetchone()
+        return _row_to_version(row) if row else None
+
+    async def history(self, query: HistoryQuery) -> list[ResourceVersion]:
+        where, args = _history_where(query)
+        if query.before is not None:
+            where += (" AND " if where else " WHERE ") + "(last_updated, type, id, version) < (?, ?, ?, ?)"
+            args.extend(query.before)
+        sql = (
+            "SELECT type, id, version, last_updated, method, body FROM resource_version"
+            f"{where} ORDER BY last_updated DESC, type DESC, id DESC, version DESC LIMIT ?"
+        )
+        return [_row_to_version(r) for r in self._read_conn.execute(sql, [*args, query.limit])]
+
+    async def count_history(self, query: HistoryQuery) -> int:
+        where, args = _history_where(query)
+        return self._read_conn.execute(f"SELECT count(*) FROM resource_version{where}", args).fetchone()[0]
+
+    async def find_ids(self, query: StoreQuery, limit: int) -> list[str]:
+        return _find_ids(self._read_conn, query, limit)
+
+    async def search(self, query: StoreQuery, limit: int, after: str | None = None) -> list[ResourceVersion]:
+        where = _match_where(query, after)
+        if where is None or limit <= 0:
+            return []
+        sql, args = where
+        rows = self._read_conn.execute(
+            "SELECT v.type, v.id, v.version, v.last_updated, v.method, v.body FROM resource r"
+            " JOIN resource_version v ON v.type = r.type AND v.id = r.id AND v.version = r.version"
+            f" WHERE {sql} ORDER BY r.id LIMIT ?",
+            [*args, limit],
+        )
+        return [_row_to_version(row) for row in rows]
+
+    async def count(self, query: StoreQuery) -> int:
+        where = _match_where(query)
+        if where is None:
+            return 0
+        sql, args = where
+        return self._read_conn.execute(f"SELECT count(*) FROM resource r WHERE {sql}", args).fetchone()[0]
+
+    async def transact(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
+        if self._writer is None:
+            raise StoreUnavailable("store is not started")
+        conn = self._writer
+        async with self._write_lock:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(f"database is busy: {exc}") from exc
+            try:
+                result = await work(SQLiteTransaction(conn))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return result

@@ -1,0 +1,88 @@
+"""Validate incoming FHIR R4 (4.0.1) resources.
+
+Two validators share the work (which type goes where: ``tools/compare_r4_r4b.py``):
+
+* ``r4b``: the ``fhir.resources.R4B`` pydantic models, for the 126 types whose R4B model matches R4, with a
+  cheap JSON pass for what the models let through and narrow fix-ups where R4B differs (Extension...);
+* ``r4``: a structural validator generated from the R4 StructureDefinitions, for the 20 types with no R4B
+  model or an incompatible one (MedicinalProduct*, Substance*, *EvidenceSynthesis, Evidence,
+  EvidenceVariable).
+
+Nested resources (contained, Bundle entries, Parameters) go through ``_check`` again, so each one gets
+the validator of its own type whatever its container uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ..errors import Issue, invalid_resource
+from . import r4, r4b
+from ._common import MAX_ISSUES
+
+__all__ = ["COMMON", "R4_RESOURCE_TYPES", "validate_resource", "warm_up"]
+
+R4_RESOURCE_TYPES: frozenset[str] = frozenset(
+    ["Account", "ActivityDefinition", "AdverseEvent", "AllergyIntolerance", "Appointment", "AppointmentResponse", "AuditEvent", "Basic", "Binary", "BiologicallyDerivedProduct", "BodyStructure", "Bundle", "CapabilityStatement", "CarePlan", "CareTeam", "CatalogEntry", "ChargeItem", "ChargeItemDefinition", "Claim", "ClaimResponse", "ClinicalImpression", "CodeSystem", "Communication", "CommunicationRequest", "CompartmentDefinition", "Composition", "ConceptMap", "Condition", "Consent", "Contract", "Coverage", "CoverageEligibilityRequest", "CoverageEligibilityResponse", "DetectedIssue", "Device", "DeviceDefinition", "DeviceMetric", "DeviceRequest", "DeviceUseStatement", "DiagnosticReport", "DocumentManifest", "DocumentReference", "EffectEvidenceSynthesis", "Encounter", "Endpoint", "EnrollmentRequest", "EnrollmentResponse", "EpisodeOfCare", "EventDefinition", "Evidence", "EvidenceVariable", "ExampleScenario", "ExplanationOfBenefit", "FamilyMemberHistory", "Flag", "Goal", "GraphDefinition", "Group", "GuidanceResponse", "HealthcareService", "ImagingStudy", "Immunization", "ImmunizationEvaluation", "ImmunizationRecommendation", "ImplementationGuide", "InsurancePlan", "Invoice", "Library", "Linkage", "List", "Location", "Measure", "MeasureReport", "Media", "Medication", "MedicationAdministration", "MedicationDispense", "MedicationKnowledge", "MedicationRequest", "MedicationStatement", "MedicinalProduct", "MedicinalProductAuthorization", "MedicinalProductContraindication", "MedicinalProductIndication", "MedicinalProductIngredient", "MedicinalProductInteraction", "MedicinalProductManufactured", "MedicinalProductPackaged", "MedicinalProductPharmaceutical", "MedicinalProductUndesirableEffect", "MessageDefinition", "MessageHeader", "MolecularSequence", "NamingSystem", "NutritionOrder", "Observation", "ObservationDefinition", "OperationDefinition", "OperationOutcome", "Organization", "OrganizationAffiliation", "Parameters", "Patient", "PaymentNotice", "PaymentReconciliation", "Person", "PlanDefinition", "Practitioner", "PractitionerRole", "Procedure", "Provenance", "Questionnaire", "QuestionnaireResponse", "RelatedPerson", "RequestGroup", "ResearchDefinition", "ResearchElementDefinition", "ResearchStudy", "ResearchSubject", "RiskAssessment", "RiskEvidenceSynthesis", "Schedule", "SearchParameter", "ServiceRequest", "Slot", "Specimen", "SpecimenDefinition", "StructureDefinition", "StructureMap", "Subscription", "Substance", "SubstanceNucleicAcid", "SubstancePolymer", "SubstanceProtein", "SubstanceReferenceInformation", "SubstanceSourceMaterial", "SubstanceSpecification", "SupplyDelivery", "SupplyRequest", "Task", "TerminologyCapabilities", "TestReport", "TestScript", "ValueSet", "VerificationResult", "VisionPrescription"]
+)
+
+# Types worth building before the first request (model import + pydantic schema build is ~10-100 ms each).
+COMMON: tuple[str, ...] = (
+    "Patient",
+    "Practitioner",
+    "PractitionerRole",
+    "Organization",
+    "RelatedPerson",
+    "Observation",
+    "Condition",
+    "Encounter",
+    "AllergyIntolerance",
+    "MedicationRequest",
+    "MedicationStatement",
+    "Immunization",
+    "Procedure",
+    "DiagnosticReport",
+    "DocumentReference",
+    "Binary",
+    "Appointment",
+    "Communication",
+    "Consent",
+    "Bundle",
+)
+
+_STRUCTURAL = r4.structural_types()
+
+
+def validate_resource(resource: dict) -> None:
+    """Raise ``invalid_resource`` (400) listing what is wrong with ``resource``; return if it is valid R4."""
+    if not isinstance(resource, dict):
+        raise invalid_resource([Issue("structure", "A resource must be a JSON object")])
+    rt = resource.get("resourceType")
+    root = rt if isinstance(rt, str) and rt in R4_RESOURCE_TYPES else "Resource"
+    issues = _check(resource, root)
+    if issues:
+        raise invalid_resource(issues[:MAX_ISSUES])
+
+
+def _check(resource: dict, root: str) -> list[Issue]:
+    """Issues of one resource, top-level or nested at ``root`` (e.g. ``Bundle.entry[0].resource``)."""
+    rt = resource.get("resourceType")
+    if not isinstance(rt, str):
+        found = "missing" if rt is None else "not a string"
+        return [
+            Issue("required" if rt is None else "structure", f"resourceType is {found}", expression=(root,))
+        ]
+    if rt not in R4_RESOURCE_TYPES:
+        return [Issue("value", f"Unknown resource type '{rt}' (not an R4 resource)", expression=(root,))]
+    if rt in _STRUCTURAL:
+        return r4.check(resource, root, _check)
+    return r4b.check(resource, root, _check)
+
+
+def warm_up(types: Iterable[str] = COMMON) -> None:
+    """Import and build the validators of ``types`` now, so the first request is not slow."""
+    for rt in types:
+        if rt in _STRUCTURAL:
+            continue  # the structural data is loaded at import
+        if rt in R4_RESOURCE_TYPES:
+            r4b.warm(rt)

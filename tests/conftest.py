@@ -1,0 +1,145 @@
+"""Shared test fixtures.
+
+Store fixtures (``mongo_uri``, ``mongo_url``, ``store_url``, ``store``): run a test against both store
+backends. MongoDB is either a real server (``FHIR_SERVER_TEST_MONGODB_URI``, a replica set: the store
+needs transactions) or the mongoeco stand-in, started once per session from its own Python 3.13
+virtualenv (``.ci/install-mongoeco``, or ``FHIR_SERVER_MONGOECO_PYTHON``). Without either, the Mongo
+tests are skipped — except on CI (``CI`` set), where they must run and fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from fhir_server.store import Store, open_store
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MONGO_SIDECAR = Path(__file__).resolve().parent / "mongo_sidecar.py"
+MONGO_SIDECAR_START_TIMEOUT = 30.0
+MONGO_INSTALL_HINT = "run .ci/install-mongoeco (or set FHIR_SERVER_TEST_MONGODB_URI to a replica set)"
+
+
+def _mongo_unavailable(reason: str) -> None:
+    """Skip locally; on CI the Mongo tests must run, so fail."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI must run the MongoDB tests)", pytrace=False)
+    pytest.skip(reason)
+
+
+def _mongoeco_python() -> Path | None:
+    explicit = os.environ.get("FHIR_SERVER_MONGOECO_PYTHON")
+    if explicit:
+        if not Path(explicit).exists():
+            pytest.fail(f"FHIR_SERVER_MONGOECO_PYTHON={explicit} does not exist", pytrace=False)
+        return Path(explicit)
+    default = REPO_ROOT / ".venv-mongoeco" / "bin" / "python"
+    return default if default.exists() else None
+
+
+def _read_uri_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    """The sidecar's first stdout line, or an error once it exits or ``timeout`` passes."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while (left := deadline - time.monotonic()) > 0:
+            if sel.select(left):
+                line = proc.stdout.readline()
+                if line.startswith("mongodb://"):
+                    return line.strip()
+                if not line:  # EOF: the sidecar died
+                    break
+    proc.kill()
+    _, err = proc.communicate(timeout=5)
+    raise RuntimeError(f"MongoDB stand-in did not start (exit {proc.returncode}): {err[-2000:]}")
+
+
+def _stop_sidecar(proc: subprocess.Popen[str]) -> None:
+    if proc.stdin is not None:
+        proc.stdin.close()  # the sidecar exits when its stdin closes
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+    if proc.stdout is not None:
+        proc.stdout.close()
+    if proc.stderr is not None:
+        proc.stderr.close()
+
+
+@pytest.fixture(scope="session")
+def mongo_uri() -> Iterator[str]:
+    """A MongoDB server URI (``mongodb://host:port/?options``) for the whole test session."""
+    external = os.environ.get("FHIR_SERVER_TEST_MONGODB_URI")
+    if external:
+        yield external
+        return
+    python = _mongoeco_python()
+    if python is None:
+        _mongo_unavailable(f"MongoDB stand-in not installed: {MONGO_INSTALL_HINT}")
+    proc = subprocess.Popen(
+        [str(python), str(MONGO_SIDECAR)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        uri = _read_uri_line(proc, MONGO_SIDECAR_START_TIMEOUT)
+    except RuntimeError as exc:
+        _stop_sidecar(proc)
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield uri
+    finally:
+        _stop_sidecar(proc)
+
+
+def mongo_url_for_database(uri: str, database: str) -> str:
+    """``mongodb://h:p/old?opts`` → ``mongodb://h:p/<database>?opts`` (query string kept)."""
+    parts = urlsplit(uri)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
+
+
+@pytest.fixture
+def mongo_url(mongo_uri: str) -> Iterator[str]:
+    """A MongoDB URL naming a fresh database (``test_<uuid>``), dropped after the test."""
+    database = f"test_{uuid.uuid4().hex}"
+    url = mongo_url_for_database(mongo_uri, database)
+    yield url
+    from pymongo import MongoClient
+
+    client: MongoClient = MongoClient(url, serverSelectionTimeoutMS=5000)
+    try:
+        client.drop_database(database)
+    finally:
+        client.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("mongo", marks=pytest.mark.mongo)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty store of each backend: ``sqlite:////tmp/…/fhir.db`` and a fresh Mongo database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'fhir.db'}"
+    return request.getfixturevalue("mongo_url")
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    """A started, empty Store of each backend, closed after the test."""
+    s = open_store(store_url)
+    await s.start()
+    try:
+        yield s
+    finally:
+        await s.close()
