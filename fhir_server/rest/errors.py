@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from ..errors import FhirError, Issue, operation_outcome
 from ..fhirjson import dumps
-from ..store import StoreUnavailable
+from ..store import QueryTooCostly, StoreUnavailable
 
 log = logging.getLogger("fhir_server")
 
@@ -54,6 +54,10 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
     return outcome_response(503, [Issue("transient", "The database is unavailable, retry later")])
 
 
+async def _too_costly(request: Request, exc: Exception) -> Response:
+    return outcome_response(400, [Issue("too-costly", str(exc))])
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     # The traceback goes to the log (no request body: it may hold health data); the client gets no detail.
     log.exception("unexpected error on %s %s", request.method, request.url.path)
@@ -65,4 +69,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StoreUnavailable, _unavailable)
+    app.add_exception_handler(QueryTooCostly, _too_costly)
     app.add_exception_handler(Exception, _unexpected)

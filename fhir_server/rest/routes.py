@@ -1,4 +1,4 @@
-"""The FHIR REST API surface (http://hl7.org/fhir/R4/http.html). Routes are thin: HTTP in, interaction, out."""
+"""The FHIR REST API surface (http://hl7.org/fhir/R4/http.html). Routes are thin: HTTP in, FHIR rules, out."""
 
 from __future__ import annotations
 

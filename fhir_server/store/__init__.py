@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 from .base import (
     HistoryQuery,
     IndexEntry,
+    QueryTooCostly,
     ResourceVersion,
     Store,
     StoreQuery,
@@ -19,6 +20,7 @@ from .base import (
 __all__ = [
     "HistoryQuery",
     "IndexEntry",
+    "QueryTooCostly",
     "ResourceVersion",
     "Store",
     "StoreQuery",

@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from .query import AnyOf, Condition, Entry, IdIn, Search
+
 T = TypeVar("T")
 
 
@@ -58,11 +60,25 @@ class TokenMatch:
 
 @dataclass(frozen=True, slots=True)
 class StoreQuery:
-    """A conjunction of disjunctions over one resource type (live resources only)."""
+    """Shorthand for a common Search: ids and a conjunction of token disjunctions (live resources only)."""
 
     type: str
     ids: tuple[str, ...] | None = None
     all_of: tuple[tuple[TokenMatch, ...], ...] = ()
+
+    def to_search(self) -> Search:
+        where: list[Condition] = [] if self.ids is None else [IdIn(tuple(self.ids))]
+        for any_of in self.all_of:
+            where.append(AnyOf(tuple(_token_entry(m) for m in any_of)))
+        return Search(self.type, tuple(where))
+
+
+def _token_entry(match: TokenMatch) -> Entry:
+    return Entry(match.param, value=match.code, system=match.system or None, no_system=match.system == "")
+
+
+def as_search(query: StoreQuery | Search) -> Search:
+    return query.to_search() if isinstance(query, StoreQuery) else query
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +106,7 @@ class Transaction(ABC):
     async def read_current(self, type_: str, id_: str) -> ResourceVersion | None: ...
 
     @abstractmethod
-    async def find_ids(self, query: StoreQuery, limit: int) -> list[str]: ...
+    async def find_ids(self, query: StoreQuery | Search, limit: int) -> list[str]: ...
 
     @abstractmethod
     async def put(self, version: ResourceVersion, entries: Sequence[IndexEntry]) -> None:
@@ -103,6 +119,10 @@ class Transaction(ABC):
 
 class VersionConflict(Exception):
     """Another writer changed the resource between read and write."""
+
+
+class QueryTooCostly(Exception):
+    """A search the store refuses to run unbounded (e.g. a chain level with too many matches)."""
 
 
 class StoreUnavailable(Exception):
@@ -133,14 +153,16 @@ class Store(ABC):
     async def count_history(self, query: HistoryQuery) -> int: ...
 
     @abstractmethod
-    async def find_ids(self, query: StoreQuery, limit: int) -> list[str]: ...
+    async def find_ids(self, query: StoreQuery | Search, limit: int) -> list[str]: ...
 
     @abstractmethod
-    async def search(self, query: StoreQuery, limit: int, after: str | None = None) -> list[ResourceVersion]:
+    async def search(
+        self, query: StoreQuery | Search, limit: int, after: str | None = None
+    ) -> list[ResourceVersion]:
         """Current versions of the live matches, in id order, ids strictly after ``after``."""
 
     @abstractmethod
-    async def count(self, query: StoreQuery) -> int:
+    async def count(self, query: StoreQuery | Search) -> int:
         """Number of live matches, without loading any body."""
 
     @abstractmethod

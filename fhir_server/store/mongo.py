@@ -66,7 +66,10 @@ from .base import (
     StoreUnavailable,
     Transaction,
     VersionConflict,
+    as_search,
 )
+from .mongo_query import compile_search
+from .query import Search
 
 T = TypeVar("T")
 
@@ -138,43 +141,23 @@ def _to_version(doc: dict[str, Any]) -> ResourceVersion:
     )
 
 
-def _find_filter(query: StoreQuery) -> dict[str, Any] | None:
-    """The ``resource`` filter of a StoreQuery; None when it can match nothing."""
-    conditions: list[dict[str, Any]] = [{"t": query.type}, {"del": False}]
-    if query.ids is not None:
-        conditions.append({"i": {"$in": list(query.ids)}})
-    for any_of in query.all_of:
-        if not any_of:
-            return None  # an empty disjunction is false
-        alternatives = []
-        for match in any_of:
-            entry: dict[str, Any] = {"p": match.param, "v": match.code}
-            if match.system == "":
-                entry["s"] = None  # no system: the field is absent (SQLite: system IS NULL)
-            elif match.system is not None:
-                entry["s"] = match.system
-            alternatives.append({"idx": {"$elemMatch": entry}})
-        conditions.append(alternatives[0] if len(alternatives) == 1 else {"$or": alternatives})
-    return {"$and": conditions}
-
-
 async def _find_ids(
-    current: AsyncCollection, query: StoreQuery, limit: int, session: AsyncClientSession | None
+    current: AsyncCollection, query: StoreQuery | Search, limit: int, session: AsyncClientSession | None
 ) -> list[str]:
     return [doc["i"] for doc in await _find_current(current, query, limit, None, session)]
 
 
 async def _find_current(
     current: AsyncCollection,
-    query: StoreQuery,
+    query: StoreQuery | Search,
     limit: int,
     after: str | None,
     session: AsyncClientSession | None,
 ) -> list[dict[str, Any]]:
     """``{i, v}`` of the live matches in id order (served by the ``current_by_type`` index)."""
-    flt = _find_filter(query)
-    if flt is None or limit <= 0:
+    if limit <= 0:
         return []
+    flt = await compile_search(current, as_search(query), session)
     if after is not None:
         flt["$and"].append({"i": {"$gt": after}})
     cursor = current.find(flt, {"_id": 0, "i": 1, "v": 1}, session=session).sort("i", 1).limit(limit)
@@ -254,7 +237,7 @@ class MongoTransaction(Transaction):
     async def read_current(self, type_: str, id_: str) -> ResourceVersion | None:
         return await _read_current(self._current, self._versions, type_, id_, self._session)
 
-    async def find_ids(self, query: StoreQuery, limit: int) -> list[str]:
+    async def find_ids(self, query: StoreQuery | Search, limit: int) -> list[str]:
         return await _find_ids(self._current, query, limit, self._session)
 
     async def put(self, version: ResourceVersion, entries: Sequence[IndexEntry]) -> None:
@@ -385,12 +368,14 @@ class MongoStore(Store):
         with _unavailable():
             return await db[VERSIONS].count_documents(_history_filter(query))
 
-    async def find_ids(self, query: StoreQuery, limit: int) -> list[str]:
+    async def find_ids(self, query: StoreQuery | Search, limit: int) -> list[str]:
         db = self._database
         with _unavailable():
             return await _find_ids(db[CURRENT], query, limit, None)
 
-    async def search(self, query: StoreQuery, limit: int, after: str | None = None) -> list[ResourceVersion]:
+    async def search(
+        self, query: StoreQuery | Search, limit: int, after: str | None = None
+    ) -> list[ResourceVersion]:
         """Two queries whatever the page size: the matching ids, then their current versions."""
         db = self._database
         with _unavailable():
@@ -402,12 +387,10 @@ class MongoStore(Store):
         by_id = {doc["i"]: _to_version(doc) for doc in docs}
         return [by_id[m["i"]] for m in matches if m["i"] in by_id]
 
-    async def count(self, query: StoreQuery) -> int:
+    async def count(self, query: StoreQuery | Search) -> int:
         db = self._database
-        flt = _find_filter(query)
-        if flt is None:
-            return 0
         with _unavailable():
+            flt = await compile_search(db[CURRENT], as_search(query), None)
             return await db[CURRENT].count_documents(flt)
 
     # -- writes --------------------------------------------------------------------------------------

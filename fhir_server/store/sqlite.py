@@ -22,7 +22,10 @@ from .base import (
     StoreUnavailable,
     Transaction,
     VersionConflict,
+    as_search,
 )
+from .query import Search
+from .sqlite_query import compile_search
 
 T = TypeVar("T")
 
@@ -99,7 +102,7 @@ class SQLiteTransaction(Transaction):
         row = self._conn.execute(_CURRENT, (type_, id_)).fetchone()
         return _row_to_version(row) if row else None
 
-    async def find_ids(self, query: StoreQuery, limit: int) -> list[str]:
+    async def find_ids(self, query: StoreQuery | Search, limit: int) -> list[str]:
         return _find_ids(self._conn, query, limit)
 
     async def put(self, version: ResourceVersion, entries: Sequence[IndexEntry]) -> None:
@@ -135,41 +138,20 @@ class SQLiteTransaction(Transaction):
             )
 
 
-def _match_where(query: StoreQuery, after: str | None = None) -> tuple[str, list[Any]] | None:
-    """WHERE clause over ``resource r`` for a StoreQuery; None when it can match nothing."""
-    sql = ["r.type = ? AND r.deleted = 0"]
-    args: list[Any] = [query.type]
-    if query.ids is not None:
-        sql.append(f"AND r.id IN ({', '.join('?' * len(query.ids))})")
-        args.extend(query.ids)
+def _match_where(query: StoreQuery | Search, after: str | None = None) -> tuple[str, list[Any]]:
+    """WHERE clause over ``resource r`` for the live matches of a search."""
+    search = as_search(query)
+    sql, args = compile_search(search, "r")
     if after is not None:
-        sql.append("AND r.id > ?")
+        sql += " AND r.id > ?"
         args.append(after)
-    for any_of in query.all_of:
-        if not any_of:
-            return None  # an empty disjunction is false (and "AND ()" is not SQL)
-        ors = []
-        for match in any_of:
-            cond = "(s.param = ? AND s.value = ?"
-            args.extend((match.param, match.code))
-            if match.system == "":
-                cond += " AND s.system IS NULL"
-            elif match.system is not None:
-                cond += " AND s.system = ?"
-                args.append(match.system)
-            ors.append(cond + ")")
-        sql.append(
-            "AND EXISTS (SELECT 1 FROM search_index s WHERE s.type = r.type AND s.id = r.id"
-            f" AND ({' OR '.join(ors)}))"
-        )
-    return " ".join(sql), args
+    return f"r.type = ? AND r.deleted = 0 AND {sql}", [search.type, *args]
 
 
-def _find_ids(conn: sqlite3.Connection, query: StoreQuery, limit: int) -> list[str]:
-    where = _match_where(query)
-    if where is None or limit <= 0:
+def _find_ids(conn: sqlite3.Connection, query: StoreQuery | Search, limit: int) -> list[str]:
+    if limit <= 0:
         return []
-    sql, args = where
+    sql, args = _match_where(query)
     return [
         row[0]
         for row in conn.execute(
@@ -253,14 +235,15 @@ class SQLiteStore(Store):
         where, args = _history_where(query)
         return self._read_conn.execute(f"SELECT count(*) FROM resource_version{where}", args).fetchone()[0]
 
-    async def find_ids(self, query: StoreQuery, limit: int) -> list[str]:
+    async def find_ids(self, query: StoreQuery | Search, limit: int) -> list[str]:
         return _find_ids(self._read_conn, query, limit)
 
-    async def search(self, query: StoreQuery, limit: int, after: str | None = None) -> list[ResourceVersion]:
-        where = _match_where(query, after)
-        if where is None or limit <= 0:
+    async def search(
+        self, query: StoreQuery | Search, limit: int, after: str | None = None
+    ) -> list[ResourceVersion]:
+        if limit <= 0:
             return []
-        sql, args = where
+        sql, args = _match_where(query, after)
         rows = self._read_conn.execute(
             "SELECT v.type, v.id, v.version, v.last_updated, v.method, v.body FROM resource r"
             " JOIN resource_version v ON v.type = r.type AND v.id = r.id AND v.version = r.version"
@@ -269,11 +252,8 @@ class SQLiteStore(Store):
         )
         return [_row_to_version(row) for row in rows]
 
-    async def count(self, query: StoreQuery) -> int:
-        where = _match_where(query)
-        if where is None:
-            return 0
-        sql, args = where
+    async def count(self, query: StoreQuery | Search) -> int:
+        sql, args = _match_where(query)
         return self._read_conn.execute(f"SELECT count(*) FROM resource r WHERE {sql}", args).fetchone()[0]
 
     async def transact(self, work: Callable[[Transaction], Awaitable[T]]) -> T:

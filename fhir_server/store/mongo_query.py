@@ -1,0 +1,114 @@
+"""Search predicate trees (store.query) → MongoDB filters on the ``resource`` collection.
+
+Entry conditions become ``idx: {$elemMatch: …}`` (so every test hits the same entry, served by the
+multikey ``index_value`` / ``index_range`` indexes). Chains and ``_has`` are resolved level by level:
+one bounded find per level, whatever the number of matches, then ``$in`` on the referring values.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pymongo.asynchronous.collection import AsyncCollection
+
+from .base import QueryTooCostly
+from .query import AllOf, AnyOf, Chain, Condition, Entry, Has, IdIn, Missing, Not, Search
+
+_MAX_CHAR = "\U0010ffff"
+_OPS = {"<": "$lt", "<=": "$lte", ">": "$gt", ">=": "$gte"}
+_FALSE: dict[str, Any] = {"_id": {"$in": []}}
+
+# A chained or reverse-chained level may resolve to at most this many resources; beyond it the query
+# is refused rather than sending an unbounded $in list (see search.py, which maps it to a 400).
+MAX_LINKED = 10_000
+
+
+class TooManyLinked(QueryTooCostly):
+    """A chain / _has level matched more than MAX_LINKED resources."""
+
+
+async def compile_search(current: AsyncCollection, search: Search, session=None) -> dict[str, Any]:
+    """The filter for the live matches of ``search`` (type and deletion included)."""
+    parts: list[dict[str, Any]] = [{"t": search.type}, {"del": False}]
+    for cond in search.where:
+        parts.append(await _condition(current, cond, search.type, session))
+    return {"$and": parts}
+
+
+async def _condition(current: AsyncCollection, cond: Condition, owner_type: str, session) -> dict[str, Any]:
+    match cond:
+        case Entry():
+            return {"idx": {"$elemMatch": _entry(cond)}}
+        case Missing(param=param, missing=missing):
+            return {"idx.p": {"$ne": param}} if missing else {"idx.p": param}
+        case Not(condition=inner):
+            return {"$nor": [await _condition(current, inner, owner_type, session)]}
+        case AnyOf(conditions=conds):
+            if not conds:
+                return _FALSE
+            return {"$or": [await _condition(current, c, owner_type, session) for c in conds]}
+        case AllOf(conditions=conds):
+            if not conds:
+                return {}
+            return {"$and": [await _condition(current, c, owner_type, session) for c in conds]}
+        case IdIn(ids=ids):
+            return {"i": {"$in": list(ids)}}
+        case Chain(param=param, target=target):
+            ids = await _matching_ids(current, target, session)
+            refs = [f"{target.type}/{i}" for i in ids]
+            return {"idx": {"$elemMatch": {"p": param, "v": {"$in": refs}}}}
+        case Has(param=param, source=source):
+            return {"i": {"$in": await _referenced_ids(current, param, source, owner_type, session)}}
+    raise TypeError(f"unknown search condition {cond!r}")
+
+
+def _entry(entry: Entry) -> dict[str, Any]:
+    doc: dict[str, Any] = {"p": entry.param}
+    value: dict[str, Any] = {}
+    if entry.value is not None:
+        value["$eq"] = entry.value
+    if entry.value_prefix is not None:
+        value["$gte"] = entry.value_prefix
+        value["$lt"] = entry.value_prefix + _MAX_CHAR
+    if entry.value_contains is not None:
+        value["$regex"] = re.escape(entry.value_contains)
+    if value:
+        doc["v"] = value["$eq"] if list(value) == ["$eq"] else value
+    if entry.no_system:
+        doc["s"] = None
+    elif entry.system is not None:
+        doc["s"] = entry.system
+    for r in entry.ranges:
+        key = "lo" if r.field == "low" else "hi"
+        doc.setdefault(key, {})[_OPS[r.op]] = float(r.bound)
+    return doc
+
+
+async def _matching_ids(current: AsyncCollection, search: Search, session) -> list[str]:
+    flt = await compile_search(current, search, session)
+    docs = await current.find(flt, {"_id": 0, "i": 1}, session=session).limit(MAX_LINKED + 1).to_list(None)
+    if len(docs) > MAX_LINKED:
+        raise TooManyLinked(f"a chained search level matches more than {MAX_LINKED} {search.type} resources")
+    return [d["i"] for d in docs]
+
+
+async def _referenced_ids(
+    current: AsyncCollection, param: str, source: Search, owner_type: str, session
+) -> list[str]:
+    flt = await compile_search(current, source, session)
+    prefix = f"{owner_type}/"
+    flt["$and"].append(
+        {"idx": {"$elemMatch": {"p": param, "v": {"$gte": prefix, "$lt": prefix + _MAX_CHAR}}}}
+    )
+    cursor = current.find(flt, {"_id": 0, "idx": 1}, session=session).limit(MAX_LINKED + 1)
+    docs = await cursor.to_list(None)
+    if len(docs) > MAX_LINKED:
+        raise TooManyLinked(f"a _has level matches more than {MAX_LINKED} {source.type} resources")
+    ids = {
+        e["v"][len(prefix) :]
+        for d in docs
+        for e in d.get("idx", ())
+        if e.get("p") == param and isinstance(e.get("v"), str) and e["v"].startswith(prefix)
+    }
+    return sorted(ids)

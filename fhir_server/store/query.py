@@ -1,0 +1,105 @@
+"""The predicate tree a search compiles to: FHIR-agnostic conditions over index entries.
+
+The search layer turns FHIR parameters, modifiers and prefixes into these nodes; each store translates
+them into one database query (SQLite: one SQL statement whatever the depth of chains; MongoDB: one find
+per chained/reverse-chained level, each bounded). Policy constraints are just more nodes ANDed in, so
+totals, paging and includes are right by construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Union
+
+Field = Literal["low", "high"]
+Op = Literal["<", "<=", ">", ">="]
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """``entry.<field> <op> bound`` on an entry's numeric range (dates in µs, numbers, quantities)."""
+
+    field: Field
+    op: Op
+    bound: float
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """Some index entry of ``param`` passes every test given (all on the same entry)."""
+
+    param: str
+    value: str | None = None
+    value_prefix: str | None = None
+    value_contains: str | None = None
+    system: str | None = None
+    no_system: bool = False
+    ranges: tuple[Range, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Missing:
+    """``param:missing=true|false``: the resource has no / some entry of ``param``."""
+
+    param: str
+    missing: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    condition: Condition
+
+
+@dataclass(frozen=True, slots=True)
+class AnyOf:
+    """Disjunction; empty is false."""
+
+    conditions: tuple[Condition, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AllOf:
+    """Conjunction; empty is true."""
+
+    conditions: tuple[Condition, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class IdIn:
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """An entry of reference ``param`` points at ("Type/id") a live resource matching ``target``."""
+
+    param: str
+    target: Search
+
+
+@dataclass(frozen=True, slots=True)
+class Has:
+    """``_has``: a live resource matching ``source`` refers to this one through its ``param``."""
+
+    param: str
+    source: Search
+
+
+Condition = Union[Entry, Missing, Not, AnyOf, AllOf, IdIn, Chain, Has]  # noqa: UP007 (forward refs)
+
+
+@dataclass(frozen=True, slots=True)
+class Search:
+    """Live resources of ``type`` satisfying every condition."""
+
+    type: str
+    where: tuple[Condition, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SortKey:
+    """Sort by ``param``: lowest entry ascending, highest descending (or ``_id`` / ``_lastUpdated``)."""
+
+    param: str
+    descending: bool = False
+    by: Literal["value", "low", "high"] = "value"

@@ -1,0 +1,115 @@
+"""Search predicate trees (store.query) → one SQLite statement.
+
+Entry conditions are driven from the ``search_index`` B-tree (``r.id IN (SELECT s.id …)``) rather than
+correlated per row, so a selective parameter never scans the resource table; chains and ``_has`` nest as
+subqueries, so a chained search is one statement whatever the number of matches.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from .query import AllOf, AnyOf, Chain, Condition, Entry, Has, IdIn, Missing, Not, Search
+
+_MAX_CHAR = "\U0010ffff"
+
+
+class Compiler:
+    def __init__(self) -> None:
+        self._aliases = itertools.count()
+        self.args: list[Any] = []
+
+    def _alias(self, prefix: str) -> str:
+        return f"{prefix}{next(self._aliases)}"
+
+    def search(self, search: Search, owner: str) -> str:
+        """Conditions on the ``resource`` row aliased ``owner`` (type already bound by the caller)."""
+        parts = [self.condition(c, owner, search.type) for c in search.where]
+        return " AND ".join(f"({p})" for p in parts) if parts else "1"
+
+    def condition(self, cond: Condition, owner: str, owner_type: str) -> str:
+        match cond:
+            case Entry():
+                return f"{owner}.id IN ({self._entry_ids(cond, owner)})"
+            case Missing(param=param, missing=missing):
+                s = self._alias("s")
+                self.args.append(param)
+                ids = f"SELECT {s}.id FROM search_index {s} WHERE {s}.type = {owner}.type AND {s}.param = ?"
+                return f"{owner}.id {'NOT IN' if missing else 'IN'} ({ids})"
+            case Not(condition=inner):
+                return f"NOT ({self.condition(inner, owner, owner_type)})"
+            case AnyOf(conditions=conds):
+                return (
+                    " OR ".join(f"({self.condition(c, owner, owner_type)})" for c in conds) if conds else "0"
+                )
+            case AllOf(conditions=conds):
+                return (
+                    " AND ".join(f"({self.condition(c, owner, owner_type)})" for c in conds) if conds else "1"
+                )
+            case IdIn(ids=ids):
+                if not ids:
+                    return "0"
+                self.args.extend(ids)
+                return f"{owner}.id IN ({', '.join('?' * len(ids))})"
+            case Chain(param=param, target=target):
+                return self._chain(param, target, owner)
+            case Has(param=param, source=source):
+                return self._has(param, source, owner, owner_type)
+        raise TypeError(f"unknown search condition {cond!r}")
+
+    def _entry_ids(self, entry: Entry, owner: str) -> str:
+        s = self._alias("s")
+        where = [f"{s}.type = {owner}.type", f"{s}.param = ?"]
+        self.args.append(entry.param)
+        if entry.value is not None:
+            where.append(f"{s}.value = ?")
+            self.args.append(entry.value)
+        if entry.value_prefix is not None:
+            where.append(f"{s}.value >= ? AND {s}.value < ?")
+            self.args.extend((entry.value_prefix, entry.value_prefix + _MAX_CHAR))
+        if entry.value_contains is not None:
+            where.append(f"instr({s}.value, ?) > 0")
+            self.args.append(entry.value_contains)
+        if entry.no_system:
+            where.append(f"{s}.system IS NULL")
+        elif entry.system is not None:
+            where.append(f"{s}.system = ?")
+            self.args.append(entry.system)
+        for r in entry.ranges:
+            where.append(f"{s}.{r.field} {r.op} ?")
+            self.args.append(r.bound)
+        return f"SELECT {s}.id FROM search_index {s} WHERE {' AND '.join(where)}"
+
+    def _chain(self, param: str, target: Search, owner: str) -> str:
+        s, t = self._alias("s"), self._alias("t")
+        self.args.extend((param, target.type))
+        targets = (
+            f"SELECT {t}.type || '/' || {t}.id FROM resource {t}"
+            f" WHERE {t}.type = ? AND {t}.deleted = 0 AND {self.search(target, t)}"
+        )
+        ids = (
+            f"SELECT {s}.id FROM search_index {s} WHERE {s}.type = {owner}.type AND {s}.param = ?"
+            f" AND {s}.value IN ({targets})"
+        )
+        return f"{owner}.id IN ({ids})"
+
+    def _has(self, param: str, source: Search, owner: str, owner_type: str) -> str:
+        s, h = self._alias("s"), self._alias("h")
+        prefix = f"{owner_type}/"
+        # Index entries exist only for live versions, so no deleted check is needed on the source.
+        self.args.extend((len(prefix) + 1, source.type, param, prefix, prefix + _MAX_CHAR))
+        refs = (
+            f"SELECT substr({s}.value, ?) FROM search_index {s} JOIN resource {h}"
+            f" ON {h}.type = {s}.type AND {h}.id = {s}.id"
+            f" WHERE {s}.type = ? AND {s}.param = ? AND {s}.value >= ? AND {s}.value < ?"
+            f" AND {self.search(source, h)}"
+        )
+        return f"{owner}.id IN ({refs})"
+
+
+def compile_search(search: Search, owner: str = "r") -> tuple[str, list[Any]]:
+    """WHERE clause (after ``{owner}.type = ? AND {owner}.deleted = 0``) and its arguments."""
+    compiler = Compiler()
+    sql = compiler.search(search, owner)
+    return sql, compiler.args
