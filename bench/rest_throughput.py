@@ -328,6 +328,7 @@ def run_wrk(
     watch: list[Proc] = (),
     profile: Path | None = None,
     profile_pid: int | None = None,
+    profile_native: bool = False,
 ) -> dict:
     """One wrk run; returns the script's BENCH_JSON plus req/s and the CPU each watched process used."""
     cmd = ["wrk", *settings.flags(duration), "-s", str(script), url]
@@ -338,8 +339,9 @@ def run_wrk(
         spy = subprocess.Popen(
             [
                 py_spy() or "py-spy", "record", "--pid", str(profile_pid), "--rate", str(PROFILE_RATE),
-                "--nonblocking", "--nolineno", "--format", "raw", "--output", str(profile),
+                "--nolineno", "--format", "raw", "--output", str(profile),
                 "--duration", str(duration or settings.duration),
+                *(["--native"] if profile_native else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -396,10 +398,25 @@ def run_wrk(
 # --- py-spy raw (collapsed) profiles -----------------------------------------------------------------
 
 
+def _package(frame: str) -> str:
+    """``f (fastapi/routing.py)`` → ``fastapi``; ``sqlite3VdbeExec (libsqlite3.so.0)`` → ``libsqlite3``."""
+    where = frame.rpartition(" (")[2].rstrip(")")
+    if "/" in where:
+        return where.split("/", 1)[0]
+    if where.endswith(".py"):
+        return where.removesuffix(".py")
+    return where.split(".", 1)[0] or "?"
+
+
 def summarize_profile(path: Path, top: int = 25) -> dict:
-    """Self and inclusive % per function from py-spy's collapsed stacks (``frame;frame;… count``)."""
+    """Self and inclusive % per function (and self % per package) from py-spy's collapsed stacks.
+
+    The inclusive list leaves out the frames present in more than 90 % of the samples (the event loop and
+    the ASGI middleware chain every request goes through), which would crowd the useful lines out.
+    """
     self_counts: Counter[str] = Counter()
     incl_counts: Counter[str] = Counter()
+    package_counts: Counter[str] = Counter()
     total = 0
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
@@ -410,15 +427,21 @@ def summarize_profile(path: Path, top: int = 25) -> dict:
         total += n
         if not frames:
             continue
-        leaf = frames[-1]
-        self_counts[leaf] += n
+        self_counts[frames[-1]] += n
+        package_counts[_package(frames[-1])] += n
         for frame in set(frames):
             incl_counts[frame] += n
 
-    def pct(counter: Counter) -> list[tuple[str, float]]:
-        return [(name, round(100 * c / total, 1)) for name, c in counter.most_common(top)] if total else []
+    def pct(pairs) -> list[tuple[str, float]]:
+        return [(name, round(100 * c / total, 1)) for name, c in pairs] if total else []
 
-    return {"samples": total, "self": pct(self_counts), "inclusive": pct(incl_counts)}
+    inclusive = [(f, c) for f, c in incl_counts.most_common() if c <= 0.9 * total][:top]
+    return {
+        "samples": total,
+        "self": pct(self_counts.most_common(top)),
+        "self_by_package": pct(package_counts.most_common(15)),
+        "inclusive": pct(inclusive),
+    }
 
 
 def profile_busy(summary: dict, seconds: float) -> float:
@@ -587,13 +610,14 @@ def print_report(doc: dict) -> None:
         )
     for name, summary in doc.get("profiles", {}).items():
         print(
-            f"\npy-spy profile of our server, {name}: {summary['samples']} on-CPU samples at "
-            f"{PROFILE_RATE}/s (≈{summary['busy_share_estimate']:.0%} of the run busy); % of on-CPU samples:"
+            f"\npy-spy profile, {name}: {summary['samples']} on-CPU samples at {PROFILE_RATE}/s "
+            f"(≈{summary['busy_share_estimate']:.0%} of the run busy); % of on-CPU samples:"
         )
-        print("  self:")
+        print("  self, by package: " + ", ".join(f"{p} {v:.1f}" for p, v in summary["self_by_package"]))
+        print("  self, by function:")
         for fn, pct in summary["self"][:15]:
             print(f"    {pct:5.1f}%  {fn}")
-        print("  inclusive:")
+        print("  inclusive (frames in > 90 % of the samples left out):")
         for fn, pct in summary["inclusive"][:25]:
             print(f"    {pct:5.1f}%  {fn}")
 
@@ -619,8 +643,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="also record our server with py-spy during its runs (numbers of those runs are lowered by "
+        help="also record the servers with py-spy during their runs (numbers of those runs are lowered by "
         "the sampling); collapsed stacks go to bench/results/",
+    )
+    parser.add_argument(
+        "--native", action="store_true", help="with --profile: native (C) frames too (py-spy --native)"
     )
     parser.add_argument("--start-timeout", type=float, default=120, help="seconds to wait for each server")
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
@@ -707,8 +734,9 @@ def main(argv: list[str] | None = None) -> int:
                         READ_SCRIPT,
                         url,
                         watch=watch,
-                        profile=profile if args.profile and name == "ours" else None,
+                        profile=profile if args.profile else None,
                         profile_pid=proc.popen.pid,
+                        profile_native=args.native,
                     )
                     print(f"    {reads[name]['requests_per_s']:,.0f} req/s", flush=True)
                 _stop(bare.popen)  # idle from here on; stopped again (no-op) at the end
@@ -731,6 +759,7 @@ def main(argv: list[str] | None = None) -> int:
                     watch=watch_ours,
                     profile=profile if args.profile else None,
                     profile_pid=ours.popen.pid,
+                    profile_native=args.native,
                 )
                 time.sleep(0.5)  # let the requests in flight when wrk stopped finish
                 after = history_total(ours_base)
@@ -772,8 +801,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.profile:
         doc["profiles"] = {}
-        for key, label in (("reads", "reads"), ("creates", "creates")):
-            run = doc.get(key, {}).get("ours") if key == "reads" else doc.get(key, {}).get("wrk")
+        runs = (
+            ("reads, bare Starlette", doc.get("reads", {}).get("bare")),
+            ("reads, our server", doc.get("reads", {}).get("ours")),
+            ("creates, our server", doc.get("creates", {}).get("wrk")),
+        )
+        for label, run in runs:
             if run and run.get("profile") and Path(run["profile"]).exists():
                 summary = summarize_profile(Path(run["profile"]))
                 summary["busy_share_estimate"] = round(profile_busy(summary, args.duration), 2)

@@ -9,6 +9,7 @@ tests are skipped — except on CI (``CI`` set), where they must run and fail in
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import subprocess
@@ -18,10 +19,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 import pytest
 
 from fhir_server.store import Store, open_store
 
+FHIR_BASE = "http://fhir.test"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MONGO_SIDECAR = Path(__file__).resolve().parent / "mongo_sidecar.py"
 MONGO_SIDECAR_START_TIMEOUT = 30.0
@@ -143,3 +146,15 @@ async def store(store_url: str) -> AsyncIterator[Store]:
         yield s
     finally:
         await s.close()
+
+
+@contextlib.asynccontextmanager
+async def fhir_client(store_url: str, **settings: object) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client bound in-process to a started server app on ``store_url`` (base http://fhir.test)."""
+    from fhir_server.app import create_app
+    from fhir_server.config import Settings
+
+    app = create_app(Settings(store=store_url, **settings))  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url=FHIR_BASE) as c:
+        yield c

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from fhir_server.app import create_app
-from fhir_server.config import Settings
+from conftest import fhir_client
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "hl7.fhir.r4.examples-4.0.1.tgz"
 DEFINITIONS = {
@@ -52,10 +50,7 @@ def strip(resource: dict) -> dict:
 
 @pytest.fixture
 async def client(store_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(Settings(store=store_url))
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://fhir.test"
-    ) as c:
+    async with fhir_client(store_url) as c:
         yield c
 
 
@@ -66,9 +61,7 @@ async def test_official_examples_round_trip(client: httpx.AsyncClient):
     for name, raw in examples:
         original = json.loads(raw, parse_float=Decimal)
         type_ = original["resourceType"]
-        created = await client.post(
-            f"/{type_}", content=raw, headers={"Content-Type": "application/fhir+json"}
-        )
+        created = await client.post(f"/{type_}", content=raw, headers={"Content-Type": "application/fhir+json"})
         if name in KNOWN_INVALID:
             if created.status_code != 400:
                 failures.append(f"{name}: invalid example accepted ({created.status_code})")

@@ -8,9 +8,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-
-from fhir_server.app import create_app
-from fhir_server.config import Settings
+from conftest import fhir_client
 
 FHIR = "application/fhir+json"
 BODY_LIMIT = 64 * 1024
@@ -18,11 +16,8 @@ BODY_LIMIT = 64 * 1024
 
 @pytest.fixture
 async def client(store_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(Settings(store=store_url, max_body_bytes=BODY_LIMIT, default_page_size=10))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://fhir.test") as c:
-            yield c
+    async with fhir_client(store_url, max_body_bytes=BODY_LIMIT, default_page_size=10) as c:
+        yield c
 
 
 def patient(**extra) -> dict:
@@ -58,7 +53,8 @@ async def test_metadata_is_a_capability_statement(client):
     codes = {i["code"] for i in resources["Patient"]["interaction"]}
     assert {"read", "vread", "update", "delete", "create", "history-instance", "history-type"} <= codes
     assert resources["Patient"]["conditionalDelete"] == "multiple"
-    assert {p["name"] for p in resources["Patient"]["searchParam"]} == {"_id", "identifier"}
+    names = {p["name"] for p in resources["Patient"]["searchParam"]}
+    assert {"_id", "_lastUpdated", "identifier", "family", "birthdate", "general-practitioner"} <= names
     assert {"code": "history-system"} in cs["rest"][0]["interaction"]
 
 
@@ -102,9 +98,7 @@ async def test_decimal_precision_is_kept(client):
         "code": {"text": "glycémie"},
         "valueQuantity": {"value": 1.50, "unit": "g/L"},
     }
-    raw = (
-        b'{"resourceType":"Observation","status":"final","code":{"text":"x"},"valueQuantity":{"value":1.50}}'
-    )
+    raw = b'{"resourceType":"Observation","status":"final","code":{"text":"x"},"valueQuantity":{"value":1.50}}'
     r = await client.post("/Observation", content=raw, headers={"Content-Type": FHIR})
     assert r.status_code == 201
     assert b'"value":1.50' in r.content
@@ -208,7 +202,9 @@ async def test_conditional_create(client):
     assert second.status_code == 200 and second.json()["id"] == first.json()["id"]
     await post(client, body)  # a duplicate without the condition
     assert_outcome(await post(client, body, **{"If-None-Exist": criteria}), 412)
-    assert_outcome(await post(client, body, **{"If-None-Exist": "name=x"}), 400, "name")
+    assert_outcome(await post(client, body, **{"If-None-Exist": "nickname=x"}), 400, "nickname")
+    by_name = await post(client, patient(), **{"If-None-Exist": "family=Dupont&given=h%C3%A9l%C3%A8ne"})
+    assert by_name.status_code == 412  # the full search grammar: three Dupont/Hélène match
 
 
 async def test_conditional_update(client):
@@ -222,7 +218,7 @@ async def test_conditional_update(client):
     assert_outcome(mismatch, 400, "differs")
     await post(client, patient(identifier=ident))
     assert_outcome(await client.put(f"/Patient?identifier={INS}|2", json=patient(identifier=ident)), 412)
-    assert_outcome(await client.put("/Patient?family=x", json=patient()), 400, "family")
+    assert_outcome(await client.put("/Patient?nickname=x", json=patient()), 400, "nickname")
     assert_outcome(await client.put("/Patient", json=patient()), 400, "criteria")
 
 
@@ -248,9 +244,7 @@ async def test_history_paging_since_and_at(client):
     for i in range(5):
         r = await client.put(f"/Patient/h{i}", json=patient(id=f"h{i}"))
         ids.append(r.json()["id"])
-    middle = (await client.put("/Patient/h0", json=patient(id="h0", gender="other"))).json()["meta"][
-        "lastUpdated"
-    ]
+    middle = (await client.put("/Patient/h0", json=patient(id="h0", gender="other"))).json()["meta"]["lastUpdated"]
     await client.put("/Observation/o1", json={"resourceType": "Observation", "id": "o1", "status": "final",
                                               "code": {"text": "x"}})  # fmt: skip
 
@@ -294,13 +288,9 @@ async def test_content_negotiation(client):
     assert_outcome(await client.get(url, headers={"Accept": "application/fhir+xml"}), 406)
     pretty = await client.get(url, params={"_pretty": "true"})
     assert b"\n  " in pretty.content and pretty.json() == created
-    xml = await client.post(
-        "/Patient", content=b"<Patient/>", headers={"Content-Type": "application/fhir+xml"}
-    )
+    xml = await client.post("/Patient", content=b"<Patient/>", headers={"Content-Type": "application/fhir+xml"})
     assert_outcome(xml, 415)
-    latin1 = await client.post(
-        "/Patient", content=b"{}", headers={"Content-Type": f"{FHIR}; charset=latin-1"}
-    )
+    latin1 = await client.post("/Patient", content=b"{}", headers={"Content-Type": f"{FHIR}; charset=latin-1"})
     assert_outcome(latin1, 415)
 
 
@@ -318,16 +308,12 @@ async def _nothing_written(client) -> None:
 
 async def test_bad_input_is_a_clear_4xx_and_writes_nothing(client):
     h = {"Content-Type": FHIR}
-    assert_outcome(
-        await client.post("/Patient", content=b'{"resourceType": "Patient",', headers=h), 400, "JSON"
-    )
+    assert_outcome(await client.post("/Patient", content=b'{"resourceType": "Patient",', headers=h), 400, "JSON")
     assert_outcome(await client.post("/Patient", content=b"", headers=h), 400, "empty")
     assert_outcome(await client.post("/Patient", content=b"[1, 2]", headers=h), 400)
     assert_outcome(await client.post("/Patient", json={"resourceType": "Observation"}), 400, "resourceType")
     assert_outcome(await client.post("/Patient", json={"name": []}), 400)
-    assert_outcome(
-        await client.post("/Patient", content=b'{"resourceType":"Patient","a":NaN}', headers=h), 400
-    )
+    assert_outcome(await client.post("/Patient", content=b'{"resourceType":"Patient","a":NaN}', headers=h), 400)
     non_utf8 = '{"resourceType":"Patient","name":[{"family":"Hélène"}]}'.encode("latin-1")
     assert_outcome(await client.post("/Patient", content=non_utf8, headers=h), 400, "UTF-8")
     deep = b'{"resourceType":"Patient","extension":' + b"[" * 5000 + b"]" * 5000 + b"}"

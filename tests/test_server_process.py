@@ -109,9 +109,7 @@ def test_serve_default_store_is_created_under_data(tmp_path: Path):
 
 
 def test_help_lists_subcommands():
-    out = subprocess.run(
-        [*fhir_server_command(), "--help"], capture_output=True, text=True, check=True
-    ).stdout
+    out = subprocess.run([*fhir_server_command(), "--help"], capture_output=True, text=True, check=True).stdout
     assert "serve" in out
     serve_help = subprocess.run(
         [*fhir_server_command(), "serve", "--help"], capture_output=True, text=True, check=True

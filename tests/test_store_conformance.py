@@ -29,9 +29,7 @@ def body(type_: str, id_: str, extra: str = "") -> bytes:
     return f'{{"resourceType":"{type_}","id":"{id_}"{extra}}}'.encode()
 
 
-def version(
-    type_: str, id_: str, v: int, lu: int, *, deleted: bool = False, extra: str = ""
-) -> ResourceVersion:
+def version(type_: str, id_: str, v: int, lu: int, *, deleted: bool = False, extra: str = "") -> ResourceVersion:
     if deleted:
         return ResourceVersion(type_, id_, v, lu, "DELETE", None)
     return ResourceVersion(type_, id_, v, lu, "POST" if v == 1 else "PUT", body(type_, id_, extra))
@@ -88,9 +86,7 @@ async def test_put_wrong_version_conflicts_and_writes_nothing(store: Store) -> N
     await put(store, v1, [IndexEntry("name", "ann")])
     for wrong in (1, 3):
         with pytest.raises(VersionConflict):
-            await put(
-                store, version("Patient", "p1", wrong, T0 + 10, extra=',"x":1'), [IndexEntry("name", "bob")]
-            )
+            await put(store, version("Patient", "p1", wrong, T0 + 10, extra=',"x":1'), [IndexEntry("name", "bob")])
     assert await store.read_current("Patient", "p1") == v1
     assert await store.history(HistoryQuery()) == [v1]
     assert await store.find_ids(StoreQuery("Patient", all_of=((tok("name", "ann"),),)), 10) == ["p1"]
@@ -403,9 +399,7 @@ async def test_transact_is_all_or_nothing(store: Store) -> None:
     assert await store.find_ids(StoreQuery("Observation", all_of=((tok("name", "y"),),)), 10) == []
     assert await store.find_ids(q((tok("name", "kept"),)), 10) == ["kept"]
     # The kept version is still current over an open-ended window (its superseded mark was rolled back).
-    assert await store.history(HistoryQuery(at_low=T0 + 10, at_high=T0 + 20)) == [
-        version("Patient", "kept", 1, T0)
-    ]
+    assert await store.history(HistoryQuery(at_low=T0 + 10, at_high=T0 + 20)) == [version("Patient", "kept", 1, T0)]
 
 
 async def test_transaction_sees_its_own_writes(store: Store) -> None:
@@ -422,9 +416,7 @@ async def test_transaction_sees_its_own_writes(store: Store) -> None:
 
     before, after, bob, ann = await store.transact(work)
     assert (before, after, bob, ann) == (None, version("Patient", "p1", 2, T0 + 1), ["p1"], [])
-    assert await store.history(HistoryQuery(at_low=T0 + 5, at_high=T0 + 6)) == [
-        version("Patient", "p1", 2, T0 + 1)
-    ]
+    assert await store.history(HistoryQuery(at_low=T0 + 5, at_high=T0 + 6)) == [version("Patient", "p1", 2, T0 + 1)]
 
 
 async def test_same_version_twice_in_one_transaction_rolls_back(store: Store) -> None:

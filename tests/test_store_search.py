@@ -44,9 +44,7 @@ async def corpus(store: Store) -> Store:
         IndexEntry("gender", "male", "http://hl7.org/fhir/administrative-gender"),
         IndexEntry("birthdate", low=300.0, high=400.0),
     ])  # fmt: skip
-    await put(
-        store, "Patient", "zoe", [IndexEntry("family", "martin", "Martin"), IndexEntry("gender", "female")]
-    )
+    await put(store, "Patient", "zoe", [IndexEntry("family", "martin", "Martin"), IndexEntry("gender", "female")])
     await put(store, "Observation", "o1", [
         IndexEntry("subject", "Patient/helene", "Patient"), IndexEntry("code", "8480-6", "http://loinc.org"),
         IndexEntry("value-quantity", "mm[Hg]", "http://unitsofmeasure.org", 119.5, 120.5),
@@ -109,9 +107,7 @@ async def test_chain_and_has(corpus):
     assert await ids(corpus, "Observation", deep, Entry("code", value="8480-6")) == ["o1"]
     has = Has("subject", Search("Observation", (Entry("code", value="8462-4"),)))
     assert await ids(corpus, "Patient", has) == ["marc"]
-    nested = Has(
-        "subject", Search("Observation", (Chain("subject", Search("Patient", (IdIn(("helene",)),))),))
-    )
+    nested = Has("subject", Search("Observation", (Chain("subject", Search("Patient", (IdIn(("helene",)),))),)))
     assert await ids(corpus, "Patient", nested) == ["helene"]
 
 

@@ -134,7 +134,8 @@ def element_tree(sd: dict) -> dict[str, dict[str, Elem]]:
             for code in codes:
                 node[base + code[0].upper() + code[1:]] = [code, lo, hi, base, 0]
         else:
-            node[name] = [codes[0], lo, hi, "", 1 if attr else 0]
+            # xhtml cannot be extended (xhtml.extension is 0..0): no ``_div`` either
+            node[name] = [codes[0], lo, hi, "", 1 if attr or codes[0] == "xhtml" else 0]
     return tree
 
 

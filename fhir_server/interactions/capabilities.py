@@ -7,22 +7,21 @@ from functools import lru_cache
 from .. import FHIR_VERSION, __version__
 from ..fhirjson import dumps
 from ..instant import now_us, to_instant
-from ..search.registry import parameter
+from ..search.registry import parameters_of
 from ..validation import R4_RESOURCE_TYPES
 
 _STARTED = to_instant(now_us())
-SEARCH_PARAMETERS = ("_id", "identifier")  # what conditional interactions accept today
 _INTERACTIONS = [
     "read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type",
 ]  # fmt: skip
 
 
 def _resource(type_: str) -> dict:
-    search = []
-    for code in SEARCH_PARAMETERS:
-        definition = parameter(type_, code)
-        if definition is not None:
-            search.append({"name": code, "definition": definition["url"], "type": definition["type"]})
+    search = [
+        {"name": code, "definition": d["url"], "type": d["type"]}
+        for code, d in sorted(parameters_of(type_).items())
+        if d["type"] != "special"
+    ]
     return {
         "type": type_,
         "profile": f"http://hl7.org/fhir/StructureDefinition/{type_}",

@@ -7,7 +7,8 @@ from ..fhirjson import dumps
 from ..instant import new_id, now_us, to_instant
 from ..search.criteria import parse_criteria, parse_criteria_string
 from ..search.indexing import index_entries
-from ..store import ResourceVersion, StoreQuery, Transaction, VersionConflict
+from ..store import ResourceVersion, Transaction, VersionConflict
+from ..store.query import Search
 from ..validation import validate_resource
 from .context import Context, ResourceResult
 
@@ -20,20 +21,18 @@ def check_resource_type(resource: object, type_: str) -> dict:
         raise bad_request("The request body must be a JSON object (a FHIR resource)")
     found = resource.get("resourceType")
     if found != type_:
-        raise bad_request(
-            f"resourceType {found!r} does not match the URL type {type_!r}", expression=("resourceType",)
-        )
+        raise bad_request(f"resourceType {found!r} does not match the URL type {type_!r}", expression=("resourceType",))
     return resource
 
 
-def stamp(resource: dict, id_: str, version: int, last_updated: int) -> bytes:
-    """The stored bytes: the client's content with the server-owned id, versionId and lastUpdated."""
+def stamp(resource: dict, id_: str, version: int, last_updated: int) -> dict:
+    """What is stored: the client's content with the server-owned id, versionId and lastUpdated."""
     meta = dict(resource.get("meta") or {})
     meta["versionId"] = str(version)
     meta["lastUpdated"] = to_instant(last_updated)
     body = {"resourceType": resource["resourceType"], "id": id_, "meta": meta}
     body.update((k, v) for k, v in resource.items() if k not in body)
-    return dumps(body)
+    return body
 
 
 def _next_time(current: ResourceVersion | None) -> int:
@@ -57,22 +56,24 @@ async def _write(
 ) -> ResourceVersion:
     version = (current.version if current else 0) + 1
     last_updated = _next_time(current)
-    body = stamp(resource, id_, version, last_updated) if resource is not None else None
-    stored = ResourceVersion(type_, id_, version, last_updated, method, body)
-    await tx.put(stored, index_entries(resource) if resource is not None else ())
+    if resource is None:
+        stored = ResourceVersion(type_, id_, version, last_updated, method, None)
+        await tx.put(stored, ())
+        return stored
+    body = stamp(resource, id_, version, last_updated)
+    stored = ResourceVersion(type_, id_, version, last_updated, method, dumps(body))
+    await tx.put(stored, index_entries(body))
     return stored
 
 
-async def _single_match(tx: Transaction, query: StoreQuery) -> str | None:
+async def _single_match(tx: Transaction, query: Search) -> str | None:
     ids = await tx.find_ids(query, 2)
     if len(ids) > 1:
         raise precondition_failed("The conditional criteria match more than one resource")
     return ids[0] if ids else None
 
 
-async def create(
-    ctx: Context, type_: str, resource: object, if_none_exist: str | None = None
-) -> ResourceResult:
+async def create(ctx: Context, type_: str, resource: object, if_none_exist: str | None = None) -> ResourceResult:
     resource = check_resource_type(resource, type_)
     validate_resource(resource)
     query = parse_criteria_string(type_, if_none_exist) if if_none_exist else None
@@ -113,15 +114,11 @@ def _deleted_headers(version: ResourceVersion) -> dict[str, str]:
     return {"ETag": f'W/"{version.version}"'}
 
 
-async def update(
-    ctx: Context, type_: str, id_: str, resource: object, if_match: str | None = None
-) -> ResourceResult:
+async def update(ctx: Context, type_: str, id_: str, resource: object, if_match: str | None = None) -> ResourceResult:
     resource = check_resource_type(resource, type_)
     body_id = resource.get("id")
     if body_id is None:
-        raise bad_request(
-            "The resource has no id: an update needs the id of the URL in the body", expression=("id",)
-        )
+        raise bad_request("The resource has no id: an update needs the id of the URL in the body", expression=("id",))
     if body_id != id_:
         raise bad_request(f"The body id {body_id!r} does not match the URL id {id_!r}", expression=("id",))
     validate_resource(resource)
@@ -133,15 +130,11 @@ async def update(
     return await _transact(ctx, work)
 
 
-async def _update_in(
-    tx: Transaction, type_: str, id_: str, resource: dict, expected: int | None
-) -> ResourceResult:
+async def _update_in(tx: Transaction, type_: str, id_: str, resource: dict, expected: int | None) -> ResourceResult:
     current = await tx.read_current(type_, id_)
     if expected is not None and (current is None or current.deleted or current.version != expected):
         have = "no current version" if current is None or current.deleted else f"version {current.version}"
-        raise precondition_failed(
-            f"If-Match expects version {expected} of {type_}/{id_}, the server has {have}"
-        )
+        raise precondition_failed(f"If-Match expects version {expected} of {type_}/{id_}, the server has {have}")
     created = current is None or current.deleted
     return ResourceResult(await _write(tx, type_, id_, resource, "PUT", current), created=created)
 
@@ -185,9 +178,7 @@ async def delete(ctx: Context, type_: str, id_: str, if_match: str | None = None
     return await _transact(ctx, work)
 
 
-async def conditional_delete(
-    ctx: Context, type_: str, criteria: list[tuple[str, str]]
-) -> list[ResourceVersion]:
+async def conditional_delete(ctx: Context, type_: str, criteria: list[tuple[str, str]]) -> list[ResourceVersion]:
     """Delete every match (conditionalDelete = multiple), all in one atomic unit."""
     query = _criteria(type_, criteria)
 
@@ -204,7 +195,7 @@ async def conditional_delete(
     return await _transact(ctx, work)
 
 
-def _criteria(type_: str, criteria: list[tuple[str, str]]) -> StoreQuery:
+def _criteria(type_: str, criteria: list[tuple[str, str]]) -> Search:
     if not criteria:
         raise bad_request("Conditional update/delete needs search criteria in the URL")
     return parse_criteria(type_, criteria)

@@ -41,9 +41,7 @@ async def history(
 ) -> HistoryPage:
     for name in params:
         if name not in PARAMETERS:
-            raise bad_request(
-                f"Parameter '{name}' is not supported by history (supported: {', '.join(PARAMETERS)})"
-            )
+            raise bad_request(f"Parameter '{name}' is not supported by history (supported: {', '.join(PARAMETERS)})")
     limit = page_size(_one(params, "_count"), ctx.settings.default_page_size, ctx.settings.max_page_size)
     since = _one(params, "_since")
     at = _one(params, "_at")

@@ -78,9 +78,7 @@ def check_body_type(request: Request) -> None:
     if content_type is None:
         return
     if _mime(content_type) not in _BODY_TYPES:
-        raise unsupported_media_type(
-            f"Content-Type {content_type!r} is not supported: send application/fhir+json"
-        )
+        raise unsupported_media_type(f"Content-Type {content_type!r} is not supported: send application/fhir+json")
     for param in content_type.split(";")[1:]:
         key, _, value = param.strip().partition("=")
         if key.lower() == "charset" and value.strip('"').lower() not in ("utf-8", "utf8"):

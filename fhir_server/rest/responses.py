@@ -97,5 +97,6 @@ def bundle(type_: str, entries: list[dict], *, total: int | None, links: list[tu
         doc["total"] = total
     if links:
         doc["link"] = [{"relation": relation, "url": url} for relation, url in links]
-    doc["entry"] = entries
+    if entries:  # FHIR JSON has no empty arrays
+        doc["entry"] = entries
     return dumps(doc)

@@ -121,13 +121,17 @@ async def search_type_post(request: Request, type_name: str) -> Response:
 
 
 async def _search(request: Request, type_: str, params: list[tuple[str, str]]) -> Response:
-    page = await search_interaction.search_type(context(request), type_, params)
     base = base_url(request)
+    lenient = "handling=lenient" in request.headers.get("prefer", "")
+    page = await search_interaction.search_type(context(request), type_, params, base=base, lenient=lenient)
     kept = [(k, v) for k, v in params if k != "_cursor"]
     links = [("self", f"{base}/{type_}" + (f"?{urlencode(kept)}" if kept else ""))]
     if page.next_cursor:
         links.append(("next", f"{base}/{type_}?{urlencode([*kept, ('_cursor', page.next_cursor)])}"))
     entries = [{**bundle_entry(base, v), "search": {"mode": "match"}} for v in page.matches]
+    if page.warnings:
+        outcome = {"resourceType": "OperationOutcome", "issue": [w.to_fhir() for w in page.warnings]}
+        entries.append({"resource": outcome, "search": {"mode": "outcome"}})
     return fhir_response(request, bundle("searchset", entries, total=page.total, links=links))
 
 
@@ -157,9 +161,7 @@ async def create(request: Request, type_name: str) -> Response:
 async def update(request: Request, type_name: str, resource_id: str) -> Response:
     type_ = resource_type(type_name)
     resource = await read_resource(request)
-    result = await crud.update(
-        context(request), type_, resource_id, resource, request.headers.get("if-match")
-    )
+    result = await crud.update(context(request), type_, resource_id, resource, request.headers.get("if-match"))
     return write_response(request, result.version, 201 if result.created else 200)
 
 

@@ -1,27 +1,283 @@
 """Index entries computed at write time, stored with the version in the same atomic write.
 
-For now: ``identifier`` tokens (what conditional create/update/delete and references by business
-identifier such as the INS need). The full SearchParameter registry plugs in here.
+Every SearchParameter of the resource's type (and the ``Resource`` ones: ``_lastUpdated``, ``_tag``,
+``_profile``, ``_security``, ``_source``; ``_id`` is native to the stores) is compiled once per type
+into extractors (``fhirpath_compile``) each bound to the normalizer of its static FHIR type
+(``normalize``), so a write runs plain dict/list code only.
+
+Entry encoding, ``IndexEntry(param, value, system, low, high)``, one entry per value (repeating
+elements give several; duplicates are removed):
+
+- string: value = ``fold(text)``, system = the original text (``:exact``). HumanName → one entry per
+  family, given, prefix, suffix, text; Address → per line, city, district, state, postalCode, country,
+  text.
+- token: value = code, system = its system or None. Coding(code, system), CodeableConcept (one per
+  coding), Identifier(value, system), ContactPoint(value, system = phone|email…), code/string/id/uri
+  (system None), boolean ("true"/"false"). Plus ``{param}:text`` entries, value = folded
+  Coding.display / CodeableConcept.text / Identifier.type.text; and ``{param}:of-type`` entries,
+  value = ``{type.coding.system or ''}|{type.coding.code}|{identifier.value}``.
+- reference: value = ``Type/id`` (relative, ``/_history/n`` stripped) or the absolute URL (history
+  stripped too) or the canonical URL without ``|version``; system = the target type (from the
+  reference, else Reference.type, else the parameter's single target, else None). ``#local``
+  references are skipped. Plus ``{param}:identifier`` entries: value/system = Reference.identifier
+  value/system. A resource in reference position (Bundle.entry[0].resource) gives ``Type/id``.
+- date: low/high = [low, high) µs since the epoch UTC (``instant.date_range``; no zone → UTC);
+  Period = start's low .. end's high, open ends -inf/+inf; Timing = one per event.
+- number: low/high = the implicit precision range (``100`` → [99.5, 100.5]), value = canonical
+  decimal (``1.50`` → ``1.5``). Range → low.value's low .. high.value's high, value None.
+- quantity: low/high as number (a comparator opens one side: ``<5`` → [-inf, 5.5]), system =
+  Quantity.system, value = Quantity.code, plus a second entry with value = unit when it differs.
+  Money: value = currency, system = ``urn:iso:std:iso:4217``. Range: its bounds, unit of low/high.
+- uri: value = the URI as is.
+- composite: one entry per combination of component values on the same element (Observation, each
+  Observation.component, each useContext…): value = first component as ``system|code`` (system ''
+  when absent), system = the other components' text joined by ``$``: quantity → ``system|code`` (and
+  ``system|unit``), token → ``system|code``, string → folded, reference → its value; low/high = the
+  quantity/date range; for number components (MolecularSequence ``chromosome$start$end``)
+  low = start, high = end exactly.
+- special (``near``), parameters without expression, SampledData/Age/string dates: not indexed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import lru_cache, partial
 from typing import Any
 
 from ..store import IndexEntry
+from . import normalize as n
+from .fhirpath_compile import (
+    RESOURCE_TYPES,
+    Branch,
+    Step,
+    compile_expression,
+    compile_param,
+    is_a,
+    then,
+)
+from .registry import by_type, definitions
+
+Emit = Callable[[str, Any], list[n.Row]]
+
+_STRINGISH = frozenset({"string", "markdown", "code", "id", "uri", "url", "canonical", "oid", "uuid"})
+_DATES = frozenset({"date", "dateTime", "instant"})
+_NUMBERS = frozenset({"decimal", "integer", "positiveInt", "unsignedInt"})
+_SKIPPED_CODES = frozenset({"_id"})  # stored natively by both stores
 
 
-def _as_list(value: Any) -> list:
-    if value is None:
-        return []
-    return value if isinstance(value, list) else [value]
+def _emitter(param_type: str, fhir_type: str, target: str | None) -> Emit | None:
+    """The normalizer for values of static ``fhir_type`` in a parameter of ``param_type``."""
+    if param_type == "string":
+        if fhir_type in _STRINGISH:
+            return n.string_rows
+        return {"HumanName": n.human_name_rows, "Address": n.address_rows}.get(fhir_type)
+    if param_type == "token":
+        if fhir_type in _STRINGISH:
+            return n.code_rows
+        return {
+            "CodeableConcept": n.codeable_concept_rows, "Coding": n.coding_rows,
+            "Identifier": n.identifier_rows, "ContactPoint": n.contact_point_rows,
+            "boolean": n.boolean_rows,
+        }.get(fhir_type)  # fmt: skip
+    if param_type == "reference":
+        if fhir_type == "Reference":
+            return partial(n.reference_rows, target=target)
+        if fhir_type in ("canonical", "uri", "url"):
+            return partial(n.canonical_rows, target=target)
+        if fhir_type == "Resource" or fhir_type in RESOURCE_TYPES:
+            return n.resource_rows
+        return None
+    if param_type == "date":
+        if fhir_type in _DATES:
+            return n.date_rows
+        return {"Period": n.period_rows, "Timing": n.timing_rows}.get(fhir_type)
+    if param_type == "number":
+        if fhir_type in _NUMBERS:
+            return n.number_rows
+        return n.range_number_rows if fhir_type == "Range" else None
+    if param_type == "quantity":
+        if fhir_type == "Money":
+            return n.money_rows
+        if fhir_type == "Range":
+            return n.range_quantity_rows
+        return n.quantity_rows if is_a(fhir_type, "Quantity") else None
+    if param_type == "uri":
+        return n.uri_rows if fhir_type in _STRINGISH else None
+    return None
+
+
+def _guess_type(value: Any, param_type: str) -> str:
+    """The FHIR type of a value only known at run time (fhirpathpy fallback)."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, str):
+        return "dateTime" if param_type == "date" else "uri" if param_type == "reference" else "string"
+    if not isinstance(value, dict):
+        return "decimal"
+    keys = value.keys()
+    for type_, marker in (
+        ("Resource", "resourceType"), ("Reference", "reference"), ("HumanName", "family"),
+        ("HumanName", "given"), ("Address", "line"), ("Address", "city"), ("CodeableConcept", "coding"),
+        ("Period", "start"), ("Period", "end"), ("Range", "low"), ("Range", "high"), ("Money", "currency"),
+        ("Timing", "event"),
+    ):  # fmt: skip
+        if marker in keys:
+            return type_
+    if "value" in keys and param_type == "quantity":
+        return "Quantity"
+    if "value" in keys and param_type == "token":
+        return "Identifier"
+    return "Coding" if "code" in keys else "Reference" if "identifier" in keys else "CodeableConcept"
+
+
+def _runtime_emitter(param_type: str, target: str | None) -> Emit:
+    def emit(param: str, value: Any) -> list[n.Row]:
+        found = _emitter(param_type, _guess_type(value, param_type), target)
+        return found(param, value) if found else []
+
+    return emit
+
+
+def _bind(branches: tuple[Branch, ...] | list[Branch], param_type: str, target: str | None) -> list:
+    """(head key, extractor, emitter); Extension values are unwrapped statically through value[x]."""
+    bound = []
+    for branch in branches:
+        if branch.type == "Extension":
+            bound += _bind([then(branch, b) for b in compile_expression("value", "Extension")], param_type, target)
+        elif branch.type == "*":
+            bound.append((branch.head, branch.fn, _runtime_emitter(param_type, target)))
+        else:
+            emit = _emitter(param_type, branch.type, target)
+            if emit is not None:
+                bound.append((branch.head, branch.fn, emit))
+    return bound
+
+
+def _single_target(definition: dict) -> str | None:
+    targets = definition.get("target") or ()
+    return targets[0] if len(targets) == 1 else None
+
+
+@lru_cache(maxsize=1)
+def _by_url() -> dict[str, dict]:
+    return {d["url"]: d for d in definitions()}
+
+
+Producer = Callable[[list, dict, dict], list[n.Row]]
+
+
+def _composite(code: str, definition: dict, type_: str) -> Producer | None:
+    """The composite's row producer: components evaluated on each element of the main expression."""
+    elements = compile_param(definition["expression"], type_)
+    components = []
+    for component in definition.get("component") or ():
+        part = _by_url().get(component["definition"])
+        if part is None:
+            return None
+        per_type = {
+            e.type: _bind(compile_param(component["expression"], e.type, type_), part["type"], None)
+            for e in elements
+        }
+        components.append((part["type"], per_type))
+    element_fns = [(e.head, e.fn, e.type) for e in elements]
+
+    def rows(focus: list, root: dict, memo: dict) -> list[n.Row]:
+        out: list[n.Row] = []
+        for head, fn, element_type in element_fns:
+            if head is not None and head not in root:
+                continue
+            for element in fn(focus, root):
+                parts = _component_parts(components, element_type, element, root, memo)
+                if parts:
+                    out += n.composite_rows(code, parts)
+        return out
+
+    return rows
+
+
+def _may_have(bound: list, element: Any) -> bool:
+    return element.__class__ is dict and any(head is None or head in element for head, _, _ in bound)
+
+
+def _component_parts(
+    components: list, element_type: str, element: Any, root: dict, memo: dict
+) -> list[list[n.Fragment]] | None:
+    """Each component's fragments on ``element``; None unless every component has a value."""
+    if not all(_may_have(by_type[element_type], element) for _, by_type in components):
+        return None  # cheap key test before any normalization
+    parts = []
+    item = [element]
+    for param_type, by_type in components:
+        fragments: list[n.Fragment] = []
+        for head, fn, emit in by_type[element_type]:
+            if head is not None and head not in element:
+                continue
+            for value in fn(item, root):
+                key = (id(value), emit)  # the same code is a component of many composites
+                found = memo.get(key)
+                if found is None:  # (value kept alive in the memo so its id cannot be reused)
+                    found = memo[key] = (value, n.composite_fragments(param_type, emit("", value), ""))
+                fragments += found[1]
+        if not fragments:
+            return None
+        parts.append(fragments)
+    return parts
+
+
+# Per resource type: extractors grouped by the top-level key they read (a write only runs those of the
+# keys the resource has), the ones that read no key first, and the composite producers.
+Plan = tuple[dict[str, list[tuple[str, Step, Emit]]], tuple[tuple[str, Step, Emit], ...], tuple[Producer, ...]]
+
+
+def parameters(type_: str) -> dict[str, dict]:
+    """code → definition of the parameters indexed for ``type_`` (with expression, not special/_id)."""
+    table = by_type()
+    params: dict[str, dict] = {**table.get("Resource", {})}
+    if is_a(type_, "DomainResource"):
+        params.update(table.get("DomainResource", {}))
+    if type_ in RESOURCE_TYPES:
+        params.update(table.get(type_, {}))
+    return {
+        code: d
+        for code, d in params.items()
+        if d.get("expression") and code not in _SKIPPED_CODES and d["type"] != "special"
+    }
+
+
+@lru_cache(maxsize=512)
+def plan(type_: str) -> Plan:
+    """Compile every parameter of ``type_`` once."""
+    in_type = type_ if type_ in RESOURCE_TYPES else "Resource"
+    by_head: dict[str, list[tuple[str, Step, Emit]]] = {}
+    headless, composites = [], []
+    for code, definition in parameters(in_type).items():
+        expression, param_type = definition["expression"], definition["type"]
+        if param_type == "composite":
+            producer = _composite(code, definition, in_type)
+            if producer is not None:
+                composites.append(producer)
+            continue
+        branches = compile_param(expression, in_type)
+        for head, fn, emit in _bind(branches, param_type, _single_target(definition)):
+            if head is None:
+                headless.append((code, fn, emit))
+            else:
+                by_head.setdefault(head, []).append((code, fn, emit))
+    return by_head, tuple(headless), tuple(composites)
 
 
 def index_entries(resource: dict) -> list[IndexEntry]:
-    entries: list[IndexEntry] = []
-    for identifier in _as_list(resource.get("identifier")):
-        if isinstance(identifier, dict) and isinstance(identifier.get("value"), str):
-            entries.append(
-                IndexEntry("identifier", value=identifier["value"], system=identifier.get("system"))
-            )
-    return entries
+    by_head, headless, composites = plan(resource.get("resourceType") or "")
+    focus = [resource]
+    rows: list[n.Row] = []
+    for key in resource:
+        for code, fn, emit in by_head.get(key, ()):
+            for value in fn(focus, resource):
+                rows += emit(code, value)
+    for code, fn, emit in headless:
+        for value in fn(focus, resource):
+            rows += emit(code, value)
+    memo: dict = {}
+    for producer in composites:
+        rows += producer(focus, resource, memo)
+    return [IndexEntry(*row) for row in dict.fromkeys(rows)]

@@ -28,3 +28,9 @@ def by_type() -> dict[str, dict[str, dict]]:
 def parameter(type_: str, code: str) -> dict | None:
     table = by_type()
     return table.get(type_, {}).get(code) or table.get("Resource", {}).get(code)
+
+
+def parameters_of(type_: str) -> dict[str, dict]:
+    """Every parameter usable on a type: its own and the common ``Resource`` ones."""
+    table = by_type()
+    return {**table.get("Resource", {}), **table.get(type_, {})}

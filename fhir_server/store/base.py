@@ -156,9 +156,7 @@ class Store(ABC):
     async def find_ids(self, query: StoreQuery | Search, limit: int) -> list[str]: ...
 
     @abstractmethod
-    async def search(
-        self, query: StoreQuery | Search, limit: int, after: str | None = None
-    ) -> list[ResourceVersion]:
+    async def search(self, query: StoreQuery | Search, limit: int, after: str | None = None) -> list[ResourceVersion]:
         """Current versions of the live matches, in id order, ids strictly after ``after``."""
 
     @abstractmethod

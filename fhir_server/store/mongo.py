@@ -136,9 +136,7 @@ def _entry_doc(entry: IndexEntry) -> dict[str, Any]:
 
 def _to_version(doc: dict[str, Any]) -> ResourceVersion:
     body = doc.get("body")
-    return ResourceVersion(
-        doc["t"], doc["i"], doc["v"], doc["lu"], doc["m"], bytes(body) if body is not None else None
-    )
+    return ResourceVersion(doc["t"], doc["i"], doc["v"], doc["lu"], doc["m"], bytes(body) if body is not None else None)
 
 
 async def _find_ids(
@@ -215,9 +213,7 @@ def _is_mongoeco_commit_conflict(exc: PyMongoError) -> bool:
 
 
 def _is_write_conflict(exc: PyMongoError) -> bool:
-    return (
-        isinstance(exc, OperationFailure) and exc.code == _WRITE_CONFLICT
-    ) or _is_mongoeco_commit_conflict(exc)
+    return (isinstance(exc, OperationFailure) and exc.code == _WRITE_CONFLICT) or _is_mongoeco_commit_conflict(exc)
 
 
 def _is_transient(exc: PyMongoError) -> bool:
@@ -373,9 +369,7 @@ class MongoStore(Store):
         with _unavailable():
             return await _find_ids(db[CURRENT], query, limit, None)
 
-    async def search(
-        self, query: StoreQuery | Search, limit: int, after: str | None = None
-    ) -> list[ResourceVersion]:
+    async def search(self, query: StoreQuery | Search, limit: int, after: str | None = None) -> list[ResourceVersion]:
         """Two queries whatever the page size: the matching ids, then their current versions."""
         db = self._database
         with _unavailable():

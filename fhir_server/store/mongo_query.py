@@ -93,14 +93,10 @@ async def _matching_ids(current: AsyncCollection, search: Search, session) -> li
     return [d["i"] for d in docs]
 
 
-async def _referenced_ids(
-    current: AsyncCollection, param: str, source: Search, owner_type: str, session
-) -> list[str]:
+async def _referenced_ids(current: AsyncCollection, param: str, source: Search, owner_type: str, session) -> list[str]:
     flt = await compile_search(current, source, session)
     prefix = f"{owner_type}/"
-    flt["$and"].append(
-        {"idx": {"$elemMatch": {"p": param, "v": {"$gte": prefix, "$lt": prefix + _MAX_CHAR}}}}
-    )
+    flt["$and"].append({"idx": {"$elemMatch": {"p": param, "v": {"$gte": prefix, "$lt": prefix + _MAX_CHAR}}}})
     cursor = current.find(flt, {"_id": 0, "idx": 1}, session=session).limit(MAX_LINKED + 1)
     docs = await cursor.to_list(None)
     if len(docs) > MAX_LINKED:

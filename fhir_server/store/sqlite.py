@@ -114,8 +114,7 @@ class SQLiteTransaction(Transaction):
         if version.version != current + 1:
             raise VersionConflict(f"{version.type}/{version.id}: version {current} is current")
         conn.execute(
-            "INSERT INTO resource_version (type, id, version, last_updated, method, body)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO resource_version (type, id, version, last_updated, method, body) VALUES (?, ?, ?, ?, ?, ?)",
             (version.type, version.id, version.version, version.last_updated, version.method, version.body),
         )
         if current:
@@ -132,8 +131,7 @@ class SQLiteTransaction(Transaction):
             conn.execute("DELETE FROM search_index WHERE type = ? AND id = ?", (version.type, version.id))
         if entries and not version.deleted:
             conn.executemany(
-                "INSERT INTO search_index (type, id, param, value, system, low, high)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO search_index (type, id, param, value, system, low, high) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(version.type, version.id, e.param, e.value, e.system, e.low, e.high) for e in entries],
             )
 
@@ -153,10 +151,7 @@ def _find_ids(conn: sqlite3.Connection, query: StoreQuery | Search, limit: int) 
         return []
     sql, args = _match_where(query)
     return [
-        row[0]
-        for row in conn.execute(
-            f"SELECT r.id FROM resource r WHERE {sql} ORDER BY r.id LIMIT ?", [*args, limit]
-        )
+        row[0] for row in conn.execute(f"SELECT r.id FROM resource r WHERE {sql} ORDER BY r.id LIMIT ?", [*args, limit])
     ]
 
 
@@ -238,9 +233,7 @@ class SQLiteStore(Store):
     async def find_ids(self, query: StoreQuery | Search, limit: int) -> list[str]:
         return _find_ids(self._read_conn, query, limit)
 
-    async def search(
-        self, query: StoreQuery | Search, limit: int, after: str | None = None
-    ) -> list[ResourceVersion]:
+    async def search(self, query: StoreQuery | Search, limit: int, after: str | None = None) -> list[ResourceVersion]:
         if limit <= 0:
             return []
         sql, args = _match_where(query, after)

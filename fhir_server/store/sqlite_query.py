@@ -40,13 +40,9 @@ class Compiler:
             case Not(condition=inner):
                 return f"NOT ({self.condition(inner, owner, owner_type)})"
             case AnyOf(conditions=conds):
-                return (
-                    " OR ".join(f"({self.condition(c, owner, owner_type)})" for c in conds) if conds else "0"
-                )
+                return " OR ".join(f"({self.condition(c, owner, owner_type)})" for c in conds) if conds else "0"
             case AllOf(conditions=conds):
-                return (
-                    " AND ".join(f"({self.condition(c, owner, owner_type)})" for c in conds) if conds else "1"
-                )
+                return " AND ".join(f"({self.condition(c, owner, owner_type)})" for c in conds) if conds else "1"
             case IdIn(ids=ids):
                 if not ids:
                     return "0"

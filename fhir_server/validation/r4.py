@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import Issue
-from ._common import Loc, Nested, describe, expression, json_type, make_issue
+from ._common import Loc, Nested, describe, expression, is_base64, json_type, make_issue
 
 _DATA = Path(__file__).with_name("r4_structures.json")
 _INT32 = (-(2**31), 2**31 - 1)
@@ -66,6 +66,10 @@ def _structures() -> tuple[dict[str, Node], frozenset[str]]:
 def structural_types() -> frozenset[str]:
     """Resource types validated here rather than with the R4B models."""
     return _structures()[1]
+
+
+def _matches(prim: Primitive, value: str) -> bool:
+    return prim.regex is None or prim.regex.fullmatch(value) is not None
 
 
 class _Walk:
@@ -153,7 +157,7 @@ class _Walk:
                 self.wrong_type(value, "a string", prim, loc)
             elif not value:
                 self.add("value", "Empty string (FHIR JSON has no empty strings)", loc)
-            elif prim.regex is not None and not prim.regex.fullmatch(value):
+            elif not (is_base64(value) if prim.name == "base64Binary" else _matches(prim, value)):
                 self.add("value", f"Invalid {prim.name} value {describe(value)}", loc)
             elif prim.name == "xhtml" and not value.lstrip().startswith("<div"):
                 self.add("value", "Narrative div must be an XHTML <div> element", loc)

@@ -1,7 +1,7 @@
 """Validation with the ``fhir.resources.R4B`` pydantic models, plus the FHIR JSON rules they skip.
 
 R4B (4.3.0) models are used for R4 (4.0.1) resources whose shape did not change between the versions (see
-``tools/compare_r4_r4b.py``). Before pydantic runs, one cheap pass over the JSON (``_walk``) checks what the
+``tools/compare_r4_r4b.py``). Before pydantic runs, one cheap pass over the JSON (``_Walk``) checks what the
 models let through: JSON types of boolean/integer/decimal values (pydantic coerces ``"true"`` and ``"3"``),
 ``null``, empty strings/objects/arrays, python-only property names (``fhir_comments``, ``x__ext``), the
 alignment of primitive arrays with their ``_x`` siblings, resource ids longer than 64, and ``resourceType``
@@ -12,6 +12,7 @@ validator its own type needs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import types
@@ -28,18 +29,15 @@ from fhir_core.types import FhirBase
 from pydantic import ValidationError
 
 from ..errors import Issue
-from ._common import ID_RE, NAME_RE, Loc, Nested, describe, expression, json_type, make_issue
+from ._common import ID_RE, NAME_RE, Loc, Nested, describe, expression, is_base64, json_type, make_issue
 
 # Kinds of a model field, as far as the JSON walk cares.
-BOOL, INT, DEC, STR, CODE, XHTML, UUID, ELEM, PEXT, RES, SKIP, REJECT = range(12)
+BOOL, INT, DEC, STR, CODE, XHTML, UUID, BASE64, ELEM, PEXT, RES, SKIP, REJECT = range(13)
 _KIND_NAMES = {BOOL: "a boolean", INT: "an integer", DEC: "a number"}
 
 # Fix-ups of R4B fields that differ from R4 (see ``_r4_fixes``).
 NO_FIX, STRIP, META, AS_UUID4 = range(4)
 
-# Stands in for a nested resource once the dispatcher has validated it (any R4B resource type would do:
-# the containing models accept any resource there).
-_PLACEHOLDER = {"resourceType": "Basic", "code": {"text": "validated separately"}}
 _UUID4 = "urn:uuid:00000000-0000-4000-8000-000000000000"
 _UUID_RE = re.compile(r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _STRIP = object()
@@ -91,6 +89,9 @@ def _field(name: str, annotation: Any) -> Field:
     names = {type(m).__name__ for m in meta}
     if "Xhtml" in names:
         return Field(XHTML, None, is_list)
+    if "Base64Binary" in names:
+        # the model decodes with python's lenient base64 decoder, which skips invalid characters
+        return Field(BASE64, None, is_list)
     if "Code" in names:
         return Field(CODE, None, is_list)
     return Field(STR, None, is_list)
@@ -171,6 +172,13 @@ def model_class(resource_type: str) -> type[FHIRAbstractModel]:
     return get_fhir_model_class(resource_type)
 
 
+@cache
+def _placeholder() -> FHIRAbstractModel:
+    """Stands in for a nested resource once the dispatcher has validated it. Any resource type would do (the
+    containing models accept any resource there); a ready-made instance is passed through without work."""
+    return model_class("Basic").model_validate({"resourceType": "Basic", "code": {"text": "placeholder"}})
+
+
 def warm(resource_type: str) -> None:
     """Import the model, build its pydantic validators and our field table for the whole type tree."""
     model = model_class(resource_type)
@@ -182,21 +190,20 @@ def warm(resource_type: str) -> None:
             continue
         seen.add(cls)
         stack.extend(f.model for f in _specs(cls).values() if f.model is not None)
-    try:
+    with contextlib.suppress(ValidationError):
         model.model_validate({"resourceType": resource_type})
-    except ValidationError:
-        pass
 
 
 class _Walk:
     """State of one pass over a resource: issues found and edits to make before pydantic runs."""
 
-    __slots__ = ("edits", "issues", "nested", "root")
+    __slots__ = ("edits", "issues", "model_issues", "nested", "root")
 
     def __init__(self, root: str, nested: Nested) -> None:
         self.root = root
         self.nested = nested
         self.issues: list[Issue] = []
+        self.model_issues: list[Issue] = []  # from models run on fixed-up parts, merged like the main one
         self.edits: list[tuple[Loc, Any]] = []
 
     def add(self, code: str, message: str, loc: Loc, *, raw_last: bool = False) -> None:
@@ -233,7 +240,7 @@ class _Walk:
 
     def item(self, value: Any, field: Field, loc: Loc) -> None:
         kind = field.kind
-        if kind == ELEM or kind == PEXT:
+        if kind in (ELEM, PEXT):
             if type(value) is not dict:
                 name = field.model.__name__  # type: ignore[union-attr]
                 self.add("structure", f"Expected an object ({name}) but found {json_type(value)}", loc)
@@ -280,6 +287,8 @@ class _Walk:
                 self.add("value", "Narrative div must be an XHTML <div> element", loc)
         elif kind == UUID and not _UUID_RE.fullmatch(value):
             self.add("value", f"Invalid uuid {describe(value)}: expected urn:uuid:<lowercase uuid>", loc)
+        elif kind == BASE64 and not is_base64(value):
+            self.add("value", f"Invalid base64Binary value {describe(value)}", loc)
 
     def wrong_type(self, value: Any, kind: int, loc: Loc) -> None:
         message = (
@@ -317,7 +326,7 @@ class _Walk:
             self.issues.extend(self.nested(value, expression(self.root, loc)))
         else:
             self.add("structure", "Expected a resource (a JSON object with resourceType)", loc)
-        self.edits.append((loc, _PLACEHOLDER))
+        self.edits.append((loc, _placeholder()))
 
     def fixup(self, obj: dict, key: str, value: Any, field: Field, loc: Loc) -> None:
         """Apply an R4 fix-up (see ``_r4_fixes``): check the R4 element ourselves, adapt it for the model."""
@@ -342,7 +351,7 @@ class _Walk:
             try:
                 field.model.model_validate(value)  # type: ignore[union-attr]
             except ValidationError as exc:
-                self.issues.extend(from_pydantic(exc, self.root, value, here))
+                self.model_issues.extend(from_pydantic(exc, self.root, value, here))
 
 
 def _edited(data: dict, edits: list[tuple[Loc, Any]]) -> dict:
@@ -380,7 +389,8 @@ def _clean_loc(loc: tuple, data: Any) -> Loc:
     out: list[str | int] = []
     node = data
     for i, seg in enumerate(loc):
-        if (type(node) is dict and seg in node) or (type(node) is list and type(seg) is int and seg < len(node)):
+        in_list = type(node) is list and type(seg) is int and seg < len(node)
+        if in_list or (type(node) is dict and seg in node):
             out.append(seg)
             node = node[seg]
         elif i == len(loc) - 1 and isinstance(seg, str) and NAME_RE.fullmatch(seg):
@@ -392,7 +402,8 @@ def _choice(msg: str, data: Any) -> tuple[str, list[str]]:
     """Choice group name and the names present, from a one-of-many error message."""
     names = _FIELD_LIST.findall(msg)
     present = [n for n in names if type(data) is dict and n in data]
-    return os.path.commonprefix(names) if names else "value", present
+    # character-wise prefix on purpose: ['deceasedBoolean', 'deceasedDateTime'] -> 'deceased'
+    return os.path.commonprefix(names) if names else "value", present  # noqa: RUF071
 
 
 def _issue(err: dict, root: str, prefix: Loc, loc: Loc, data: Any) -> Issue:
@@ -466,12 +477,12 @@ def check(resource: dict, root: str, nested: Nested) -> list[Issue]:
         walk.add("value", f"Invalid id {describe(rid)}: 1-64 characters A-Z a-z 0-9 - .", ("id",))
     walk.walk(resource, model, ())
     data = _edited(resource, walk.edits) if walk.edits else resource
+    found = walk.model_issues
     try:
         model.model_validate(data)
-        found: list[Issue] = []
     except ValidationError as exc:
-        found = from_pydantic(exc, root, data)
+        found += from_pydantic(exc, root, data)
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         # The models raise plain exceptions on some malformed input: that is still bad content, not a 500.
-        found = [make_issue("structure", f"Invalid resource: {exc}", root, ())]
+        found.append(make_issue("structure", f"Invalid resource: {exc}", root, ()))
     return _merge(walk.issues, found)

@@ -1,0 +1,423 @@
+"""Normalization of search values: shared by the write-time indexer and the query parser.
+
+Every ``*_rows`` function turns one FHIR value into index rows ``(param, value, system, low, high)``:
+the field order of ``IndexEntry``, as plain tuples so the indexer can de-duplicate them cheaply. The
+encoding per search parameter type is documented in ``indexing``.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from ..instant import date_range
+from .fhirpath_compile import RESOURCE_TYPES
+
+Row = tuple[str, str | None, str | None, float | None, float | None]
+
+NEG_INF = float("-inf")
+POS_INF = float("inf")
+ISO_4217 = "urn:iso:std:iso:4217"  # Money.currency's code system: what a quantity search names
+
+# ---------------------------------------------------------------------------------------------------
+# Scalars.
+# ---------------------------------------------------------------------------------------------------
+
+# Letters NFKD does not decompose but users type without the diacritic; typographic apostrophes.
+_FOLD_MAP = str.maketrans(
+    {"œ": "oe", "æ": "ae", "ø": "o", "ł": "l", "đ": "d", "ð": "d", "þ": "th", "ı": "i",
+     "’": "'", "‘": "'", "ʼ": "'", "´": "'"}
+)  # fmt: skip
+
+
+def fold(text: str) -> str:
+    """Case- and accent-insensitive form for string search: ``Hélène`` → ``helene``, ``Œuvre`` → ``oeuvre``.
+
+    Casefold (ß → ss), NFKD then drop combining marks (é → e, ﬁ → fi), map the ligatures and letters
+    NFKD keeps (œ, æ, ø, ł), ’ → ', collapse whitespace. Hyphens and apostrophes are kept: they are
+    part of names (``O'Brien``, ``Jean-Pierre``) and a prefix search must see them.
+    """
+    if text.isascii():  # the common case: no Unicode work at all
+        return " ".join(text.lower().split())
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return " ".join(stripped.translate(_FOLD_MAP).split())
+
+
+def to_decimal(value: Any) -> Decimal | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, Decimal):
+        return value if value.is_finite() else None
+    if isinstance(value, int):
+        return Decimal(value)
+    try:
+        parsed = Decimal(str(value))
+    except InvalidOperation:
+        return None
+    return parsed if parsed.is_finite() else None
+
+
+def number_range(value: Decimal) -> tuple[float, float]:
+    """The interval a decimal's implicit precision covers: ``100`` → [99.5, 100.5], ``1.50`` → [1.495, 1.505].
+
+    http://hl7.org/fhir/R4/search.html#number: a value matches when the searched value's precision
+    range contains it; storing the stored value's own range lets ``eq`` be an interval test.
+    """
+    half = Decimal(5).scaleb(value.as_tuple().exponent - 1)  # type: ignore[operator]
+    return float(value - half), float(value + half)
+
+
+def canonical_number(value: Decimal) -> str:
+    """``1.50`` → ``1.5``, ``1E+2`` → ``100``, ``-0.0`` → ``0``: one spelling per numeric value."""
+    text = format(value.normalize(), "f")
+    return "0" if text in ("-0", "0") else text
+
+
+def reference_value(literal: str) -> tuple[str, str | None] | None:
+    """A Reference.reference as (value, target type): ``Patient/1/_history/2`` → (``Patient/1``, Patient).
+
+    Absolute URLs are kept whole (the interaction layer may map this server's own base to relative);
+    their type is read from their ``…/Type/id`` tail. ``urn:uuid:`` and ``urn:oid:`` have no type.
+    Local ``#contained`` references are not searchable: None.
+    """
+    if not literal or literal[0] == "#":
+        return None
+    cut = literal.find("/_history/")
+    if cut > 0:
+        literal = literal[:cut]
+    parts = literal.rsplit("/", 2)
+    if len(parts) >= 2 and parts[-2] in RESOURCE_TYPES and parts[-1]:
+        return literal, parts[-2]
+    return literal, None
+
+
+def canonical_value(url: str) -> tuple[str, str | None]:
+    """A canonical without its ``|version``, with the type of a ``…/Type/id`` URL."""
+    url = url.split("|", 1)[0]
+    parts = url.rsplit("/", 2)
+    return url, parts[-2] if len(parts) == 3 and parts[-2] in RESOURCE_TYPES else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# string
+# ---------------------------------------------------------------------------------------------------
+
+
+def string_rows(param: str, value: Any) -> list[Row]:
+    """value = folded text, system = the original text (for ``:exact``)."""
+    if value.__class__ is not str or not value:
+        return []
+    return [(param, fold(value), value, None, None)]
+
+
+def _parts_rows(param: str, value: Any, singles: tuple[str, ...], lists: tuple[str, ...]) -> list[Row]:
+    if value.__class__ is not dict:
+        return []
+    rows: list[Row] = []
+    for key in singles:
+        part = value.get(key)
+        if part.__class__ is str and part:
+            rows.append((param, fold(part), part, None, None))
+    for key in lists:
+        for part in value.get(key) or ():
+            if part.__class__ is str and part:
+                rows.append((param, fold(part), part, None, None))
+    return rows
+
+
+def human_name_rows(param: str, value: Any) -> list[Row]:
+    """One string row per part of the name (search.html#string: HumanName searches all its parts)."""
+    return _parts_rows(param, value, ("family", "text"), ("given", "prefix", "suffix"))
+
+
+def address_rows(param: str, value: Any) -> list[Row]:
+    return _parts_rows(param, value, ("city", "district", "state", "postalCode", "country", "text"), ("line",))
+
+
+# ---------------------------------------------------------------------------------------------------
+# token
+# ---------------------------------------------------------------------------------------------------
+
+
+def _text_row(param: str, text: Any) -> list[Row]:
+    """The ``:text`` modifier's row: folded display/text under ``{param}:text``."""
+    if text.__class__ is not str or not text:
+        return []
+    return [(param + ":text", fold(text), None, None, None)]
+
+
+def coding_rows(param: str, value: Any) -> list[Row]:
+    if value.__class__ is not dict:
+        return []
+    code = value.get("code")
+    rows: list[Row] = [(param, code, value.get("system"), None, None)] if code.__class__ is str else []
+    display = value.get("display")
+    return rows + _text_row(param, display) if display else rows
+
+
+def codeable_concept_rows(param: str, value: Any) -> list[Row]:
+    if value.__class__ is not dict:
+        return []
+    rows: list[Row] = []
+    for coding in value.get("coding") or ():
+        rows += coding_rows(param, coding)
+    text = value.get("text")
+    return rows + _text_row(param, text) if text else rows
+
+
+def identifier_rows(param: str, value: Any) -> list[Row]:
+    """(value, system); ``:text`` from type.text; ``:of-type`` as ``typeSystem|typeCode|value``."""
+    if value.__class__ is not dict:
+        return []
+    ident = value.get("value")
+    rows: list[Row] = [(param, ident, value.get("system"), None, None)] if ident.__class__ is str else []
+    id_type = value.get("type")
+    if id_type.__class__ is dict:
+        rows += _text_row(param, id_type.get("text"))
+        if ident.__class__ is str:
+            for coding in id_type.get("coding") or ():
+                if coding.__class__ is dict and coding.get("code").__class__ is str:
+                    of_type = f"{coding.get('system') or ''}|{coding['code']}|{ident}"
+                    rows.append((param + ":of-type", of_type, None, None, None))
+    return rows
+
+
+def contact_point_rows(param: str, value: Any) -> list[Row]:
+    """(value, system) with the ContactPoint.system (phone, email…) as the token system."""
+    if value.__class__ is not dict or value.get("value").__class__ is not str:
+        return []
+    return [(param, value["value"], value.get("system"), None, None)]
+
+
+def code_rows(param: str, value: Any) -> list[Row]:
+    """A code/string/id/uri used as a token: no system (the binding's system is not looked up)."""
+    if value.__class__ is not str or not value:
+        return []
+    return [(param, value, None, None, None)]
+
+
+def boolean_rows(param: str, value: Any) -> list[Row]:
+    if value is True:
+        return [(param, "true", None, None, None)]
+    if value is False:
+        return [(param, "false", None, None, None)]
+    return []
+
+
+# ---------------------------------------------------------------------------------------------------
+# reference
+# ---------------------------------------------------------------------------------------------------
+
+
+def reference_rows(param: str, value: Any, target: str | None = None) -> list[Row]:
+    """value = ``Type/id`` or the absolute URL, system = target type; ``:identifier`` rows.
+
+    ``target`` is the parameter's only target type, used when the reference does not tell.
+    """
+    if value.__class__ is not dict:
+        return []
+    rows: list[Row] = []
+    literal = value.get("reference")
+    if literal.__class__ is str:
+        found = reference_value(literal)
+        if found:
+            declared = value.get("type")
+            rows.append((param, found[0], found[1] or (declared if declared.__class__ is str else target),
+                         None, None))  # fmt: skip
+    ident = value.get("identifier")
+    if ident.__class__ is dict and ident.get("value").__class__ is str:
+        rows.append((param + ":identifier", ident["value"], ident.get("system"), None, None))
+    return rows
+
+
+def canonical_rows(param: str, value: Any, target: str | None = None) -> list[Row]:
+    """A canonical/uri reference: the URL without ``|version``."""
+    if value.__class__ is not str or not value:
+        return []
+    url, type_ = canonical_value(value)
+    return [(param, url, type_ or target, None, None)]
+
+
+def resource_rows(param: str, value: Any, target: str | None = None) -> list[Row]:
+    """A resource where a reference is expected (``Bundle.entry[0].resource``): ``Type/id``."""
+    if value.__class__ is not dict or not value.get("id") or not value.get("resourceType"):
+        return []
+    return [(param, f"{value['resourceType']}/{value['id']}", value["resourceType"], None, None)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# date: low/high = [low, high) in microseconds since the epoch, UTC.
+# ---------------------------------------------------------------------------------------------------
+
+
+def date_rows(param: str, value: Any) -> list[Row]:
+    if value.__class__ is not str:
+        return []
+    found = date_range(value)
+    return [(param, None, None, found[0], found[1])] if found else []
+
+
+def period_rows(param: str, value: Any) -> list[Row]:
+    """start's low .. end's high; an open end is -inf/+inf (an ongoing period)."""
+    if value.__class__ is not dict:
+        return []
+    start, end = value.get("start"), value.get("end")
+    low_range = date_range(start) if start.__class__ is str else None
+    high_range = date_range(end) if end.__class__ is str else None
+    if low_range is None and high_range is None:
+        return []
+    return [(param, None, None, low_range[0] if low_range else NEG_INF,
+             high_range[1] if high_range else POS_INF)]  # fmt: skip
+
+
+def timing_rows(param: str, value: Any) -> list[Row]:
+    if value.__class__ is not dict:
+        return []
+    rows: list[Row] = []
+    for event in value.get("event") or ():
+        rows += date_rows(param, event)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------
+# number / quantity: low/high = the precision range; value = canonical number or the unit code.
+# ---------------------------------------------------------------------------------------------------
+
+
+def number_rows(param: str, value: Any) -> list[Row]:
+    number = to_decimal(value)
+    if number is None:
+        return []
+    low, high = number_range(number)
+    return [(param, canonical_number(number), None, low, high)]
+
+
+def _bounds(quantity: Any) -> tuple[float, float] | None:
+    """A quantity's precision range, opened on the side its comparator (``<``, ``>=``…) leaves open."""
+    if quantity.__class__ is not dict:
+        return None
+    number = to_decimal(quantity.get("value"))
+    if number is None:
+        return None
+    low, high = number_range(number)
+    comparator = quantity.get("comparator")
+    if comparator in ("<", "<="):
+        return NEG_INF, high
+    if comparator in (">", ">="):
+        return low, POS_INF
+    return low, high
+
+
+def quantity_rows(param: str, value: Any) -> list[Row]:
+    """value = the code (and the unit as a second row when it differs), system = the unit system."""
+    bounds = _bounds(value)
+    if bounds is None:
+        return []
+    system = value.get("system")
+    return [(param, unit, system, bounds[0], bounds[1]) for unit in _units(value)]
+
+
+def _units(quantity: dict) -> list[str | None]:
+    code, unit = quantity.get("code"), quantity.get("unit")
+    units = [u for u in (code, unit) if u.__class__ is str and u]
+    if len(units) == 2 and units[0] == units[1]:
+        units.pop()
+    return units or [None]
+
+
+def money_rows(param: str, value: Any) -> list[Row]:
+    bounds = _bounds(value)
+    if bounds is None:
+        return []
+    currency = value.get("currency")
+    return [(param, currency if currency.__class__ is str else None, ISO_4217, bounds[0], bounds[1])]
+
+
+def range_bounds(value: Any) -> tuple[float, float] | None:
+    """A Range: low's low .. high's high, open sides infinite."""
+    if value.__class__ is not dict:
+        return None
+    low, high = _bounds(value.get("low")), _bounds(value.get("high"))
+    if low is None and high is None:
+        return None
+    return (low[0] if low else NEG_INF), (high[1] if high else POS_INF)
+
+
+def range_quantity_rows(param: str, value: Any) -> list[Row]:
+    bounds = range_bounds(value)
+    if bounds is None:
+        return []
+    side = value.get("low") or value.get("high") or {}
+    return [(param, unit, side.get("system"), bounds[0], bounds[1]) for unit in _units(side)]
+
+
+def range_number_rows(param: str, value: Any) -> list[Row]:
+    bounds = range_bounds(value)
+    return [(param, None, None, bounds[0], bounds[1])] if bounds else []
+
+
+# ---------------------------------------------------------------------------------------------------
+# uri
+# ---------------------------------------------------------------------------------------------------
+
+
+def uri_rows(param: str, value: Any) -> list[Row]:
+    if value.__class__ is not str or not value:
+        return []
+    return [(param, value, None, None, None)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# composite: one row per combination of the components' values on the same element.
+# ---------------------------------------------------------------------------------------------------
+
+# A component value reduced to what the composite row keeps: (text, low, high).
+Fragment = tuple[str | None, float | None, float | None]
+
+
+def composite_fragments(param_type: str, rows: list[Row], param: str) -> list[Fragment]:
+    """The fragments of one component value from its rows (``:text``/``:of-type`` rows are dropped).
+
+    token → ``system|code``; quantity → ``system|code`` + range; string → folded text; reference and
+    uri → the value; date → range; number → the exact value as both ends (a coordinate, not a
+    measurement: MolecularSequence's start/end).
+    """
+    out: list[Fragment] = []
+    for name, value, system, low, high in rows:
+        if name != param:
+            continue
+        if param_type in ("token", "quantity"):
+            out.append((f"{system or ''}|{value or ''}", low, high))
+        elif param_type in ("string", "reference", "uri"):
+            out.append((value, None, None))
+        elif param_type == "date":
+            out.append((None, low, high))
+        elif param_type == "number" and value is not None:
+            exact = float(value)
+            out.append((None, exact, exact))
+    return out
+
+
+def composite_rows(param: str, parts: list[list[Fragment]]) -> list[Row]:
+    """Rows of a composite from the fragments of each component (the cartesian product).
+
+    value = the first component's text (``system|code`` of the token), system = the texts of the
+    others joined by ``$`` (None when they have none), low = the first range's low, high = the last
+    range's high (so ``chromosome$start$end`` keeps start in low and end in high).
+    """
+    rows: list[Row] = [(param, None, None, None, None)]
+    for index, fragments in enumerate(parts):
+        extended: list[Row] = []
+        for _, value, system, low, high in rows:
+            for text, f_low, f_high in fragments:
+                if index == 0:
+                    extended.append((param, text, None, f_low, f_high))
+                    continue
+                joined = system if text is None else text if system is None else f"{system}${text}"
+                extended.append((param, value, joined, low if low is not None else f_low,
+                                 f_high if f_high is not None else high))  # fmt: skip
+        rows = extended
+    return rows
