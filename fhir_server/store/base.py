@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .query import AnyOf, Condition, Entry, IdIn, Search
+from .query import AnyOf, Condition, Entry, IdIn, Search, SortKey
 
 T = TypeVar("T")
 
@@ -99,6 +99,14 @@ class HistoryQuery:
     limit: int = 50
 
 
+@dataclass(frozen=True, slots=True)
+class Match:
+    """A search hit and its sort key (what a next-page cursor resumes after)."""
+
+    version: ResourceVersion
+    key: tuple
+
+
 class Transaction(ABC):
     """The view of the store inside one atomic unit of work."""
 
@@ -156,8 +164,30 @@ class Store(ABC):
     async def find_ids(self, query: StoreQuery | Search, limit: int) -> list[str]: ...
 
     @abstractmethod
+    async def search_page(
+        self,
+        query: StoreQuery | Search,
+        limit: int,
+        *,
+        sort: tuple[SortKey, ...] = (),
+        after: tuple | None = None,
+    ) -> list[Match]:
+        """Current versions of the live matches in ``sort`` order (then id), strictly after key ``after``."""
+
     async def search(self, query: StoreQuery | Search, limit: int, after: str | None = None) -> list[ResourceVersion]:
         """Current versions of the live matches, in id order, ids strictly after ``after``."""
+        page = await self.search_page(query, limit, after=(after,) if after is not None else None)
+        return [m.version for m in page]
+
+    @abstractmethod
+    async def include(
+        self, source_type: str, source_ids: Sequence[str], param: str, targets: tuple[str, ...] | None = None
+    ) -> list[ResourceVersion]:
+        """``_include``: live resources that ``param`` of the given resources points at (one query)."""
+
+    @abstractmethod
+    async def revinclude(self, refs: Sequence[str], source_type: str, param: str) -> list[ResourceVersion]:
+        """``_revinclude``: live ``source_type`` resources whose ``param`` points at one of ``refs`` ("T/id")."""
 
     @abstractmethod
     async def count(self, query: StoreQuery | Search) -> int:

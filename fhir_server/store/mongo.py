@@ -60,6 +60,7 @@ from pymongo.write_concern import WriteConcern
 from .base import (
     HistoryQuery,
     IndexEntry,
+    Match,
     ResourceVersion,
     Store,
     StoreQuery,
@@ -68,8 +69,8 @@ from .base import (
     VersionConflict,
     as_search,
 )
-from .mongo_query import compile_search
-from .query import Search
+from .mongo_query import compile_search, sorted_pipeline
+from .query import Search, SortKey
 
 T = TypeVar("T")
 
@@ -369,17 +370,73 @@ class MongoStore(Store):
         with _unavailable():
             return await _find_ids(db[CURRENT], query, limit, None)
 
-    async def search(self, query: StoreQuery | Search, limit: int, after: str | None = None) -> list[ResourceVersion]:
-        """Two queries whatever the page size: the matching ids, then their current versions."""
+    async def search_page(
+        self,
+        query: StoreQuery | Search,
+        limit: int,
+        *,
+        sort: tuple[SortKey, ...] = (),
+        after: tuple | None = None,
+    ) -> list[Match]:
+        """Two queries whatever the page size: the matching current docs, then their versions."""
+        if limit <= 0:
+            return []
+        db = self._database
+        search = as_search(query)
+        with _unavailable():
+            if sort:
+                pipeline = await sorted_pipeline(db[CURRENT], search, sort, after, limit)
+                matches = await (await db[CURRENT].aggregate(pipeline)).to_list(None)
+            else:
+                matches = await _find_current(db[CURRENT], search, limit, after[0] if after else None, None)
+            versions = await self._versions_of(search.type, matches)
+        keys = [(*tuple(m.get(f"k{i}") for i in range(len(sort))), m["i"]) for m in matches]
+        return [Match(versions[m["i"]], key) for m, key in zip(matches, keys, strict=True) if m["i"] in versions]
+
+    async def _versions_of(self, type_: str, matches: list[dict[str, Any]]) -> dict[str, ResourceVersion]:
+        if not matches:
+            return {}
+        keys = [f"{type_}/{m['i']}/{m['v']}" for m in matches]
+        docs = await self._database[VERSIONS].find({"_id": {"$in": keys}}, _VERSION_FIELDS).to_list(None)
+        return {doc["i"]: _to_version(doc) for doc in docs}
+
+    async def _current_versions(self, flt: dict[str, Any]) -> list[ResourceVersion]:
+        db = self._database
+        current = await db[CURRENT].find(flt, {"_id": 0, "t": 1, "i": 1, "v": 1}).to_list(None)
+        keys = [f"{c['t']}/{c['i']}/{c['v']}" for c in current]
+        if not keys:
+            return []
+        docs = await db[VERSIONS].find({"_id": {"$in": keys}}, _VERSION_FIELDS).to_list(None)
+        return [_to_version(doc) for doc in docs]
+
+    async def include(
+        self, source_type: str, source_ids: Sequence[str], param: str, targets: tuple[str, ...] | None = None
+    ) -> list[ResourceVersion]:
+        if not source_ids:
+            return []
         db = self._database
         with _unavailable():
-            matches = await _find_current(db[CURRENT], query, limit, after, None)
-            if not matches:
+            sources = db[CURRENT].find(
+                {"_id": {"$in": [f"{source_type}/{i}" for i in source_ids]}, "del": False}, {"_id": 0, "idx": 1}
+            )
+            refs = {
+                e["v"]
+                async for doc in sources
+                for e in doc.get("idx", ())
+                if e.get("p") == param and isinstance(e.get("v"), str) and "/" in e["v"]
+            }
+            if targets:
+                refs = {r for r in refs if r.split("/", 1)[0] in targets}
+            if not refs:
                 return []
-            keys = [f"{query.type}/{m['i']}/{m['v']}" for m in matches]
-            docs = await db[VERSIONS].find({"_id": {"$in": keys}}, _VERSION_FIELDS).to_list(None)
-        by_id = {doc["i"]: _to_version(doc) for doc in docs}
-        return [by_id[m["i"]] for m in matches if m["i"] in by_id]
+            return await self._current_versions({"_id": {"$in": sorted(refs)}, "del": False})
+
+    async def revinclude(self, refs: Sequence[str], source_type: str, param: str) -> list[ResourceVersion]:
+        if not refs:
+            return []
+        with _unavailable():
+            flt = {"t": source_type, "del": False, "idx": {"$elemMatch": {"p": param, "v": {"$in": list(refs)}}}}
+            return await self._current_versions(flt)
 
     async def count(self, query: StoreQuery | Search) -> int:
         db = self._database

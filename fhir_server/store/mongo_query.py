@@ -13,9 +13,9 @@ from typing import Any
 from pymongo.asynchronous.collection import AsyncCollection
 
 from .base import QueryTooCostly
-from .query import AllOf, AnyOf, Chain, Condition, Entry, Has, IdIn, Missing, Not, Search
+from .query import MAX_NUMBER, MAX_TEXT, AllOf, AnyOf, Chain, Condition, Entry, Has, IdIn, Missing, Not, Search, SortKey
 
-_MAX_CHAR = "\U0010ffff"
+_MAX_CHAR = MAX_TEXT
 _OPS = {"<": "$lt", "<=": "$lte", ">": "$gt", ">=": "$gte"}
 _FALSE: dict[str, Any] = {"_id": {"$in": []}}
 
@@ -108,3 +108,48 @@ async def _referenced_ids(current: AsyncCollection, param: str, source: Search, 
         if e.get("p") == param and isinstance(e.get("v"), str) and e["v"].startswith(prefix)
     }
     return sorted(ids)
+
+
+def _sort_value(key: SortKey) -> dict[str, Any]:
+    """The aggregation expression of a resource's sort value for ``key`` (missing sorts last)."""
+    if key.param == "_id":
+        return {"$literal": None}
+    field = "v" if key.by == "value" else ("hi" if key.descending else "lo")
+    values = {
+        "$map": {
+            "input": {"$filter": {"input": {"$ifNull": ["$idx", []]}, "cond": {"$eq": ["$$this.p", key.param]}}},
+            "in": f"$$this.{field}",
+        }
+    }
+    aggregate = {"$max" if key.descending else "$min": values}
+    if key.by == "value":
+        return {"$ifNull": [aggregate, "" if key.descending else MAX_TEXT]}
+    missing = -MAX_NUMBER if key.descending else MAX_NUMBER
+    return {"$max": [{"$min": [{"$ifNull": [aggregate, missing]}, MAX_NUMBER]}, -MAX_NUMBER]}
+
+
+def _keyset(columns: list[tuple[str, bool]], after: tuple) -> dict[str, Any]:
+    """Documents strictly after ``after`` in the order of ``columns`` ((field, descending) pairs)."""
+    ors = []
+    for i, (field, descending) in enumerate(columns):
+        clause: dict[str, Any] = {c: after[j] for j, (c, _) in enumerate(columns[:i])}
+        clause[field] = {"$lt" if descending else "$gt": after[i]}
+        ors.append(clause)
+    return {"$or": ors}
+
+
+async def sorted_pipeline(
+    current: AsyncCollection, search: Search, sort: tuple[SortKey, ...], after: tuple | None, limit: int
+) -> list[dict[str, Any]]:
+    """$match → sort keys as fields k0…kn → keyset → $sort → $limit, projecting {i, v, k…}."""
+    keys = {f"k{i}": ("$i" if key.param == "_id" else _sort_value(key)) for i, key in enumerate(sort)}
+    columns = [(f"k{i}", key.descending) for i, key in enumerate(sort)] + [("i", False)]
+    pipeline: list[dict[str, Any]] = [{"$match": await compile_search(current, search)}, {"$addFields": keys}]
+    if after:
+        pipeline.append({"$match": _keyset(columns, after)})
+    pipeline += [
+        {"$sort": {c: -1 if d else 1 for c, d in columns}},
+        {"$limit": limit},
+        {"$project": {"_id": 0, "i": 1, "v": 1, **{k: 1 for k in keys}}},
+    ]
+    return pipeline

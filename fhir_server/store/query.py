@@ -98,8 +98,18 @@ class Search:
 
 @dataclass(frozen=True, slots=True)
 class SortKey:
-    """Sort by ``param``: lowest entry ascending, highest descending (or ``_id`` / ``_lastUpdated``)."""
+    """Sort by ``param``'s entries: the lowest ascending, the highest descending (search.html#_sort).
+
+    ``by="value"`` compares entry values (strings, tokens, references, URIs); ``by="range"`` compares
+    ranges (dates, numbers, quantities: ``low`` ascending, ``high`` descending). ``_id`` sorts by id.
+    Resources without an entry sort last either way; the id breaks ties, so the order is total.
+    """
 
     param: str
     descending: bool = False
-    by: Literal["value", "low", "high"] = "value"
+    by: Literal["value", "range"] = "value"
+
+
+# Sentinels standing in for "no entry" (sorts last) and for infinite range ends in sort keys.
+MAX_TEXT = "\U0010ffff"
+MAX_NUMBER = 1e308

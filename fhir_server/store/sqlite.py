@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from .base import (
     HistoryQuery,
     IndexEntry,
+    Match,
     ResourceVersion,
     Store,
     StoreQuery,
@@ -24,8 +25,8 @@ from .base import (
     VersionConflict,
     as_search,
 )
-from .query import Search
-from .sqlite_query import compile_search
+from .query import Search, SortKey
+from .sqlite_query import compile_search, include_statement, keyset_after, revinclude_statement, sort_expression
 
 T = TypeVar("T")
 
@@ -67,6 +68,7 @@ CREATE INDEX IF NOT EXISTS search_index_range ON search_index (type, param, low,
 CREATE INDEX IF NOT EXISTS search_index_owner ON search_index (type, id);
 """
 
+_VERSION_COLUMNS = "v.type, v.id, v.version, v.last_updated, v.method, v.body"
 _CURRENT = """
 SELECT v.type, v.id, v.version, v.last_updated, v.method, v.body
 FROM resource r JOIN resource_version v ON v.type = r.type AND v.id = r.id AND v.version = r.version
@@ -233,17 +235,61 @@ class SQLiteStore(Store):
     async def find_ids(self, query: StoreQuery | Search, limit: int) -> list[str]:
         return _find_ids(self._read_conn, query, limit)
 
-    async def search(self, query: StoreQuery | Search, limit: int, after: str | None = None) -> list[ResourceVersion]:
+    async def search_page(
+        self,
+        query: StoreQuery | Search,
+        limit: int,
+        *,
+        sort: tuple[SortKey, ...] = (),
+        after: tuple | None = None,
+    ) -> list[Match]:
         if limit <= 0:
             return []
-        sql, args = _match_where(query, after)
-        rows = self._read_conn.execute(
-            "SELECT v.type, v.id, v.version, v.last_updated, v.method, v.body FROM resource r"
-            " JOIN resource_version v ON v.type = r.type AND v.id = r.id AND v.version = r.version"
-            f" WHERE {sql} ORDER BY r.id LIMIT ?",
-            [*args, limit],
+        if not sort:  # id order: a plain B-tree walk of the resource table
+            sql, args = _match_where(query, after[0] if after else None)
+            rows = self._read_conn.execute(
+                f"SELECT {_VERSION_COLUMNS} FROM resource r"
+                " JOIN resource_version v ON v.type = r.type AND v.id = r.id AND v.version = r.version"
+                f" WHERE {sql} ORDER BY r.id LIMIT ?",
+                [*args, limit],
+            )
+            return [Match(_row_to_version(row), (row[1],)) for row in rows]
+        return self._sorted_page(query, limit, sort, after)
+
+    def _sorted_page(
+        self, query: StoreQuery | Search, limit: int, sort: tuple[SortKey, ...], after: tuple | None
+    ) -> list[Match]:
+        keys, args = [], []
+        for i, key in enumerate(sort):
+            expression, expression_args = sort_expression(key)
+            keys.append(f"{expression} AS k{i}")
+            args.extend(expression_args)
+        where, where_args = _match_where(query)
+        columns = [(f"m.k{i}", key.descending) for i, key in enumerate(sort)] + [("m.id", False)]
+        outer, outer_args = keyset_after(columns, after) if after else ("1", [])
+        order = ", ".join(f"{c} {'DESC' if d else 'ASC'}" for c, d in columns)
+        sql = (
+            f"SELECT {_VERSION_COLUMNS}, {', '.join(c for c, _ in columns[:-1])} FROM"
+            f" (SELECT r.type, r.id, r.version, {', '.join(keys)} FROM resource r WHERE {where}) m"
+            " JOIN resource_version v ON v.type = m.type AND v.id = m.id AND v.version = m.version"
+            f" WHERE {outer} ORDER BY {order} LIMIT ?"
         )
-        return [_row_to_version(row) for row in rows]
+        rows = self._read_conn.execute(sql, [*args, *where_args, *outer_args, limit])
+        return [Match(_row_to_version(row), (*row[6:], row[1])) for row in rows]
+
+    async def include(
+        self, source_type: str, source_ids: Sequence[str], param: str, targets: tuple[str, ...] | None = None
+    ) -> list[ResourceVersion]:
+        if not source_ids:
+            return []
+        sql, args = include_statement(source_type, list(source_ids), param, targets)
+        return [_row_to_version(row) for row in self._read_conn.execute(sql, args)]
+
+    async def revinclude(self, refs: Sequence[str], source_type: str, param: str) -> list[ResourceVersion]:
+        if not refs:
+            return []
+        sql, args = revinclude_statement(list(refs), source_type, param)
+        return [_row_to_version(row) for row in self._read_conn.execute(sql, args)]
 
     async def count(self, query: StoreQuery | Search) -> int:
         sql, args = _match_where(query)

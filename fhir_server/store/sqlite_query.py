@@ -10,9 +10,9 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from .query import AllOf, AnyOf, Chain, Condition, Entry, Has, IdIn, Missing, Not, Search
+from .query import MAX_NUMBER, MAX_TEXT, AllOf, AnyOf, Chain, Condition, Entry, Has, IdIn, Missing, Not, Search, SortKey
 
-_MAX_CHAR = "\U0010ffff"
+_MAX_CHAR = MAX_TEXT
 
 
 class Compiler:
@@ -109,3 +109,60 @@ def compile_search(search: Search, owner: str = "r") -> tuple[str, list[Any]]:
     compiler = Compiler()
     sql = compiler.search(search, owner)
     return sql, compiler.args
+
+
+def sort_expression(key: SortKey) -> tuple[str, list[Any]]:
+    """The per-resource sort value of ``key`` over ``resource r`` (never NULL: missing sorts last)."""
+    if key.param == "_id":
+        return "r.id", []
+    aggregate = "max" if key.descending else "min"
+    if key.by == "value":
+        column, missing = "value", ("" if key.descending else MAX_TEXT)
+    else:
+        column, missing = ("high", -MAX_NUMBER) if key.descending else ("low", MAX_NUMBER)
+    inner = (
+        f"(SELECT {aggregate}(s.{column}) FROM search_index s WHERE s.type = r.type AND s.id = r.id AND s.param = ?)"
+    )
+    if key.by == "value":
+        return f"COALESCE({inner}, ?)", [key.param, missing]
+    # Clamp open range ends (±inf) so keys survive a JSON cursor.
+    return f"max(min(COALESCE({inner}, ?), ?), ?)", [key.param, missing, MAX_NUMBER, -MAX_NUMBER]
+
+
+def keyset_after(columns: list[tuple[str, bool]], after: tuple) -> tuple[str, list[Any]]:
+    """Rows strictly after ``after`` in the order of ``columns`` ((sql, descending) pairs)."""
+    ors, args = [], []
+    for i, (column, descending) in enumerate(columns):
+        ands = [f"{c} = ?" for c, _ in columns[:i]] + [f"{column} {'<' if descending else '>'} ?"]
+        args.extend(after[: i + 1])
+        ors.append(" AND ".join(ands))
+    return "(" + " OR ".join(f"({o})" for o in ors) + ")", args
+
+
+def include_statement(
+    source_type: str, source_ids: list[str], param: str, targets: tuple[str, ...] | None
+) -> tuple[str, list[Any]]:
+    """Live current versions referenced by ``param`` of the given resources: one statement."""
+    args: list[Any] = [source_type, param, *source_ids]
+    type_filter = ""
+    if targets:
+        type_filter = f" AND r.type IN ({', '.join('?' * len(targets))})"
+        args.extend(targets)
+    sql = (
+        "SELECT v.type, v.id, v.version, v.last_updated, v.method, v.body FROM resource r"
+        " JOIN resource_version v ON v.type = r.type AND v.id = r.id AND v.version = r.version"
+        " WHERE r.deleted = 0 AND (r.type || '/' || r.id) IN (SELECT s.value FROM search_index s"
+        f" WHERE s.type = ? AND s.param = ? AND s.id IN ({', '.join('?' * len(source_ids))})){type_filter}"
+    )
+    return sql, args
+
+
+def revinclude_statement(refs: list[str], source_type: str, param: str) -> tuple[str, list[Any]]:
+    """Live current versions of ``source_type`` whose ``param`` points at one of ``refs``: one statement."""
+    sql = (
+        "SELECT v.type, v.id, v.version, v.last_updated, v.method, v.body FROM resource r"
+        " JOIN resource_version v ON v.type = r.type AND v.id = r.id AND v.version = r.version"
+        " WHERE r.type = ? AND r.deleted = 0 AND r.id IN (SELECT s.id FROM search_index s"
+        f" WHERE s.type = ? AND s.param = ? AND s.value IN ({', '.join('?' * len(refs))}))"
+    )
+    return sql, [source_type, source_type, param, *refs]
