@@ -18,6 +18,7 @@ from fhir_server.store.query import (
     Not,
     Range,
     Search,
+    SortKey,
 )
 
 INF = math.inf
@@ -128,3 +129,34 @@ async def test_paging_after(corpus):
     first = [v.id for v in await corpus.search(search, 2)]
     rest = [v.id for v in await corpus.search(search, 2, after=first[-1])]
     assert first + rest == ["helene", "marc", "zoe"]
+
+
+async def test_sorted_pages_forward_and_backward(corpus):
+    search = Search("Patient")
+    by_birth = (SortKey("birthdate", by="range"),)
+    assert [m.version.id for m in await corpus.search_page(search, 10, sort=by_birth)] == ["helene", "marc", "zoe"]
+    newest = (SortKey("birthdate", descending=True, by="range"),)
+    assert [m.version.id for m in await corpus.search_page(search, 10, sort=newest)] == ["marc", "helene", "zoe"]
+    by_family = (SortKey("family", descending=True),)
+    first = await corpus.search_page(search, 2, sort=by_family)
+    assert [m.version.id for m in first] == ["zoe", "marc"]
+    rest = await corpus.search_page(search, 2, sort=by_family, after=first[-1].key)
+    assert [m.version.id for m in rest] == ["helene"]
+    back = await corpus.search_page(search, 2, sort=by_family, after=rest[0].key, reverse=True)
+    assert [m.version.id for m in back] == ["marc", "zoe"]
+    plain_back = await corpus.search_page(search, 5, after=("zoe",), reverse=True)
+    assert [m.version.id for m in plain_back] == ["marc", "helene"]
+
+
+async def test_include_and_revinclude(corpus):
+    included = await corpus.include("Observation", ["o1", "o2", "o3"], "subject")
+    assert sorted(v.id for v in included) == ["helene", "marc"]
+    assert await corpus.include("Observation", ["o1"], "subject", ("Group",)) == []
+    reverse = await corpus.revinclude(["Patient/helene", "Patient/zoe"], "Observation", "subject")
+    assert [v.id for v in reverse] == ["o1"]
+
+
+async def test_ascending_range_sort_differs_from_id_order(corpus):
+    by_value = (SortKey("value-quantity", by="range"),)
+    page = await corpus.search_page(Search("Observation"), 10, sort=by_value)
+    assert [m.version.id for m in page] == ["o2", "o1", "o3"]

@@ -171,8 +171,12 @@ class Store(ABC):
         *,
         sort: tuple[SortKey, ...] = (),
         after: tuple | None = None,
+        reverse: bool = False,
     ) -> list[Match]:
-        """Current versions of the live matches in ``sort`` order (then id), strictly after key ``after``."""
+        """Current versions of the live matches in ``sort`` order (then id), strictly after key ``after``.
+
+        ``reverse`` walks the same order backwards (for ``previous`` links): strictly before ``after``.
+        """
 
     async def search(self, query: StoreQuery | Search, limit: int, after: str | None = None) -> list[ResourceVersion]:
         """Current versions of the live matches, in id order, ids strictly after ``after``."""

@@ -152,14 +152,15 @@ async def _find_current(
     limit: int,
     after: str | None,
     session: AsyncClientSession | None,
+    reverse: bool = False,
 ) -> list[dict[str, Any]]:
     """``{i, v}`` of the live matches in id order (served by the ``current_by_type`` index)."""
     if limit <= 0:
         return []
     flt = await compile_search(current, as_search(query), session)
     if after is not None:
-        flt["$and"].append({"i": {"$gt": after}})
-    cursor = current.find(flt, {"_id": 0, "i": 1, "v": 1}, session=session).sort("i", 1).limit(limit)
+        flt["$and"].append({"i": {"$lt" if reverse else "$gt": after}})
+    cursor = current.find(flt, {"_id": 0, "i": 1, "v": 1}, session=session).sort("i", -1 if reverse else 1).limit(limit)
     return [doc async for doc in cursor]
 
 
@@ -377,6 +378,7 @@ class MongoStore(Store):
         *,
         sort: tuple[SortKey, ...] = (),
         after: tuple | None = None,
+        reverse: bool = False,
     ) -> list[Match]:
         """Two queries whatever the page size: the matching current docs, then their versions."""
         if limit <= 0:
@@ -385,10 +387,10 @@ class MongoStore(Store):
         search = as_search(query)
         with _unavailable():
             if sort:
-                pipeline = await sorted_pipeline(db[CURRENT], search, sort, after, limit)
+                pipeline = await sorted_pipeline(db[CURRENT], search, sort, after, limit, reverse)
                 matches = await (await db[CURRENT].aggregate(pipeline)).to_list(None)
             else:
-                matches = await _find_current(db[CURRENT], search, limit, after[0] if after else None, None)
+                matches = await _find_current(db[CURRENT], search, limit, after[0] if after else None, None, reverse)
             versions = await self._versions_of(search.type, matches)
         keys = [(*tuple(m.get(f"k{i}") for i in range(len(sort))), m["i"]) for m in matches]
         return [Match(versions[m["i"]], key) for m, key in zip(matches, keys, strict=True) if m["i"] in versions]

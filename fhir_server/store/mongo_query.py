@@ -121,7 +121,22 @@ def _sort_value(key: SortKey) -> dict[str, Any]:
             "in": f"$$this.{field}",
         }
     }
-    aggregate = {"$max" if key.descending else "$min": values}
+    # A fold rather than {$max: <array>}: the one-array-argument form is not supported everywhere
+    # (the test stand-in returns null for it), a $reduce is.
+    better = "$gt" if key.descending else "$lt"
+    aggregate = {
+        "$reduce": {
+            "input": values,
+            "initialValue": None,
+            "in": {
+                "$cond": [
+                    {"$or": [{"$eq": ["$$value", None]}, {better: ["$$this", "$$value"]}]},
+                    "$$this",
+                    "$$value",
+                ]
+            },
+        }
+    }
     if key.by == "value":
         return {"$ifNull": [aggregate, "" if key.descending else MAX_TEXT]}
     missing = -MAX_NUMBER if key.descending else MAX_NUMBER
@@ -139,11 +154,16 @@ def _keyset(columns: list[tuple[str, bool]], after: tuple) -> dict[str, Any]:
 
 
 async def sorted_pipeline(
-    current: AsyncCollection, search: Search, sort: tuple[SortKey, ...], after: tuple | None, limit: int
+    current: AsyncCollection,
+    search: Search,
+    sort: tuple[SortKey, ...],
+    after: tuple | None,
+    limit: int,
+    reverse: bool = False,
 ) -> list[dict[str, Any]]:
     """$match → sort keys as fields k0…kn → keyset → $sort → $limit, projecting {i, v, k…}."""
     keys = {f"k{i}": ("$i" if key.param == "_id" else _sort_value(key)) for i, key in enumerate(sort)}
-    columns = [(f"k{i}", key.descending) for i, key in enumerate(sort)] + [("i", False)]
+    columns = [(f"k{i}", key.descending != reverse) for i, key in enumerate(sort)] + [("i", reverse)]
     pipeline: list[dict[str, Any]] = [{"$match": await compile_search(current, search)}, {"$addFields": keys}]
     if after:
         pipeline.append({"$match": _keyset(columns, after)})

@@ -138,12 +138,12 @@ class SQLiteTransaction(Transaction):
             )
 
 
-def _match_where(query: StoreQuery | Search, after: str | None = None) -> tuple[str, list[Any]]:
-    """WHERE clause over ``resource r`` for the live matches of a search."""
+def _match_where(query: StoreQuery | Search, after: str | None = None, reverse: bool = False) -> tuple[str, list[Any]]:
+    """WHERE clause over ``resource r`` for the live matches of a search (ids after/before ``after``)."""
     search = as_search(query)
     sql, args = compile_search(search, "r")
     if after is not None:
-        sql += " AND r.id > ?"
+        sql += f" AND r.id {'<' if reverse else '>'} ?"
         args.append(after)
     return f"r.type = ? AND r.deleted = 0 AND {sql}", [search.type, *args]
 
@@ -242,22 +242,23 @@ class SQLiteStore(Store):
         *,
         sort: tuple[SortKey, ...] = (),
         after: tuple | None = None,
+        reverse: bool = False,
     ) -> list[Match]:
         if limit <= 0:
             return []
         if not sort:  # id order: a plain B-tree walk of the resource table
-            sql, args = _match_where(query, after[0] if after else None)
+            sql, args = _match_where(query, after[0] if after else None, reverse)
             rows = self._read_conn.execute(
                 f"SELECT {_VERSION_COLUMNS} FROM resource r"
                 " JOIN resource_version v ON v.type = r.type AND v.id = r.id AND v.version = r.version"
-                f" WHERE {sql} ORDER BY r.id LIMIT ?",
+                f" WHERE {sql} ORDER BY r.id {'DESC' if reverse else 'ASC'} LIMIT ?",
                 [*args, limit],
             )
             return [Match(_row_to_version(row), (row[1],)) for row in rows]
-        return self._sorted_page(query, limit, sort, after)
+        return self._sorted_page(query, limit, sort, after, reverse)
 
     def _sorted_page(
-        self, query: StoreQuery | Search, limit: int, sort: tuple[SortKey, ...], after: tuple | None
+        self, query: StoreQuery | Search, limit: int, sort: tuple[SortKey, ...], after: tuple | None, reverse: bool
     ) -> list[Match]:
         keys, args = [], []
         for i, key in enumerate(sort):
@@ -265,7 +266,7 @@ class SQLiteStore(Store):
             keys.append(f"{expression} AS k{i}")
             args.extend(expression_args)
         where, where_args = _match_where(query)
-        columns = [(f"m.k{i}", key.descending) for i, key in enumerate(sort)] + [("m.id", False)]
+        columns = [(f"m.k{i}", key.descending != reverse) for i, key in enumerate(sort)] + [("m.id", reverse)]
         outer, outer_args = keyset_after(columns, after) if after else ("1", [])
         order = ", ".join(f"{c} {'DESC' if d else 'ASC'}" for c, d in columns)
         sql = (
