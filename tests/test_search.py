@@ -188,3 +188,97 @@ async def test_post_search_equals_get(client):
     post = await client.post("/Observation/_search", data={"subject": "Patient/helene", "_count": "10"})
     assert post.status_code == 200
     assert [e["resource"]["id"] for e in post.json()["entry"]] == [e["resource"]["id"] for e in get.json()["entry"]]
+
+
+async def entries(client, query: str) -> list[tuple[str, str, str]]:
+    r = await client.get(query)
+    assert r.status_code == 200, r.text
+    return [
+        (e["search"]["mode"], e["resource"]["resourceType"], e["resource"]["id"]) for e in r.json().get("entry", [])
+    ]
+
+
+async def test_sort(client):
+    r = (await client.get("/Patient?_sort=birthdate&_count=10")).json()
+    assert [e["resource"]["id"] for e in r["entry"]] == ["marc", "helene", "zoe"]
+    r = (await client.get("/Patient?_sort=-birthdate&_count=10")).json()
+    assert [e["resource"]["id"] for e in r["entry"]] == ["zoe", "helene", "marc"]
+    r = (await client.get("/Patient?_sort=gender,-family&_count=10")).json()
+    assert [e["resource"]["id"] for e in r["entry"]] == ["zoe", "helene", "marc"]
+    r = (await client.get("/Observation?_sort=-value-quantity&_count=10")).json()
+    assert [e["resource"]["id"] for e in r["entry"]] == ["bp2", "bp0", "bp1"]
+    await error(client, "/Patient?_sort=nickname", "nickname")
+
+
+async def test_next_and_previous_links_walk_the_same_pages(client):
+    first = (await client.get("/Patient?_sort=-family&_count=1")).json()
+    assert not [link for link in first["link"] if link["relation"] == "previous"]
+    pages = [first]
+    while nxt := [link["url"] for link in pages[-1]["link"] if link["relation"] == "next"]:
+        pages.append((await client.get(nxt[0].removeprefix(BASE))).json())
+    assert [p["entry"][0]["resource"]["id"] for p in pages] == ["zoe", "marc", "helene"]
+    prev = next(link["url"] for link in pages[-1]["link"] if link["relation"] == "previous")
+    back = (await client.get(prev.removeprefix(BASE))).json()
+    assert back["entry"][0]["resource"]["id"] == "marc"
+    # A page link stays right when data changes before it is followed.
+    await client.delete("/Patient/zoe")
+    again = (await client.get(nxt_url(pages[0]))).json()
+    assert again["entry"][0]["resource"]["id"] == "marc"
+
+
+def nxt_url(page: dict) -> str:
+    return next(link["url"] for link in page["link"] if link["relation"] == "next").removeprefix(BASE)
+
+
+async def test_include_and_revinclude(client):
+    found = await entries(client, "/Observation?code=8462-4,8480-6&subject=marc&_include=Observation:subject")
+    assert found == [("match", "Observation", "bp2"), ("include", "Patient", "marc")]
+    found = await entries(client, "/Observation?_id=bp0,bp1&_include=Observation:*")
+    assert sorted(found) == [("include", "Patient", "helene"), ("match", "Observation", "bp0"),
+                             ("match", "Observation", "bp1")]  # fmt: skip
+    found = await entries(client, "/Patient?_id=marc&_revinclude=Observation:subject")
+    assert found == [("match", "Patient", "marc"), ("include", "Observation", "bp2")]
+    iterate = "/Observation?_id=bp0&_include=Observation:subject&_revinclude:iterate=Observation:patient"
+    assert sorted(await entries(client, iterate)) == [
+        ("include", "Observation", "bp1"), ("include", "Patient", "helene"), ("match", "Observation", "bp0"),
+    ]  # fmt: skip
+    await error(client, "/Observation?_include=Patient:organization", "source type")
+    await error(client, "/Observation?_include=Observation:code", "not a reference")
+
+
+async def test_include_costs_one_store_query_per_parameter(client, monkeypatch):
+    calls: list[str] = []
+    store = client._transport.app.state.context.store  # type: ignore[attr-defined]
+    for name in ("include", "revinclude", "search_page", "count"):
+        original = getattr(store, name)
+
+        def counted(*args, __name=name, __original=original, **kwargs):
+            calls.append(__name)
+            return __original(*args, **kwargs)
+
+        monkeypatch.setattr(store, name, counted)
+    query = "/Observation?_count=50&_include=Observation:subject&_include=Observation:performer"
+    assert len(await entries(client, query)) == 5
+    assert sorted(calls) == ["count", "include", "include", "search_page"]
+
+
+async def test_summary_and_elements(client):
+    r = (await client.get("/Patient?_id=helene&_summary=true")).json()
+    patient = r["entry"][0]["resource"]
+    assert "address" in patient and "name" in patient and "text" not in patient
+    assert {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"} in patient[
+        "meta"]["tag"]  # fmt: skip
+    r = (await client.get("/Observation?_id=bp0&_elements=subject")).json()
+    obs = r["entry"][0]["resource"]
+    assert set(obs) == {"resourceType", "id", "meta", "subject", "status", "code"}  # status, code: mandatory
+    r = (await client.get("/Observation?_id=bp0&_summary=data")).json()
+    assert "valueQuantity" in r["entry"][0]["resource"]
+    await error(client, "/Patient?_summary=maybe", "_summary")
+
+
+async def test_compartment_search(client):
+    assert await ids(client, "/Patient/helene/Observation") == ["bp0", "bp1"]
+    assert await ids(client, "/Patient/helene/Observation?value-quantity=gt130") == ["bp0"]
+    assert await ids(client, "/Patient/marc/Patient") == ["marc"]
+    r = await client.get("/Patient/helene/Observation")
+    assert r.json()["link"][0]["url"] == f"{BASE}/Patient/helene/Observation"

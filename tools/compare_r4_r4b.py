@@ -188,9 +188,7 @@ def run(comparer: Comparer, resources: list[str], verbose: bool) -> list[str]:
         if name in no_model:
             continue
         own = [d for d in comparer.diffs[name] if d[0] == "incompatible"]
-        via = sorted(
-            t for t in comparer.reached(name) if any(d[0] == "incompatible" for d in comparer.diffs[t])
-        )
+        via = sorted(t for t in comparer.reached(name) if any(d[0] == "incompatible" for d in comparer.diffs[t]))
         if own or via:
             incompatible[name] = (own, via)
     print(f"No R4B model ({len(no_model)}): {', '.join(no_model)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter
+from orjson import Fragment
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -120,19 +121,44 @@ async def search_type_post(request: Request, type_name: str) -> Response:
     return await _search(request, type_, [*criteria(request), *((k, v) for k, v in form if k not in GENERAL)])
 
 
-async def _search(request: Request, type_: str, params: list[tuple[str, str]]) -> Response:
+async def _search(
+    request: Request, type_: str, params: list[tuple[str, str]], constraints: tuple = (), path: str = ""
+) -> Response:
+    ctx = context(request)
     base = base_url(request)
     lenient = "handling=lenient" in request.headers.get("prefer", "")
-    page = await search_interaction.search_type(context(request), type_, params, base=base, lenient=lenient)
-    kept = [(k, v) for k, v in params if k != "_cursor"]
-    links = [("self", f"{base}/{type_}" + (f"?{urlencode(kept)}" if kept else ""))]
-    if page.next_cursor:
-        links.append(("next", f"{base}/{type_}?{urlencode([*kept, ('_cursor', page.next_cursor)])}"))
-    entries = [{**bundle_entry(base, v), "search": {"mode": "match"}} for v in page.matches]
+    parsed = search_interaction.parse_request(ctx, type_, params, base=base, lenient=lenient, constraints=constraints)
+    page = await search_interaction.search(ctx, parsed)
+    url = f"{base}/{path or type_}"
+    kept = list(parsed.link_params)
+    links = [("self", url + (f"?{urlencode(kept)}" if kept else ""))]
+    for relation, cursor in (("next", page.next_cursor), ("previous", page.previous_cursor)):
+        if cursor:
+            links.append((relation, f"{url}?{urlencode([*kept, ('_cursor', cursor)])}"))
+    entries = [_search_entry(base, v, "match", page) for v in page.matches]
+    entries += [_search_entry(base, v, "include", page) for v in page.included]
     if page.warnings:
         outcome = {"resourceType": "OperationOutcome", "issue": [w.to_fhir() for w in page.warnings]}
         entries.append({"resource": outcome, "search": {"mode": "outcome"}})
     return fhir_response(request, bundle("searchset", entries, total=page.total, links=links))
+
+
+def _search_entry(base: str, version: ResourceVersion, mode: str, page: search_interaction.SearchPage) -> dict:
+    entry = bundle_entry(base, version)
+    if page.summary != "false" or page.elements is not None:
+        assert version.body is not None
+        entry["resource"] = Fragment(search_interaction.shape(version.body, page.summary, page.elements))
+    entry["search"] = {"mode": mode}
+    return entry
+
+
+@router.get("/{compartment}/{owner_id}/{type_name}")
+async def search_compartment(request: Request, compartment: str, owner_id: str, type_name: str) -> Response:
+    """Compartment search, e.g. ``GET /Patient/123/Observation?code=…``."""
+    type_ = resource_type(type_name)
+    constraint = search_interaction.compartment(resource_type(compartment), owner_id, type_)
+    path = f"{compartment}/{owner_id}/{type_}"
+    return await _search(request, type_, criteria(request), (constraint,), path)
 
 
 @router.get("/{type_name}/{resource_id}/_history/{version_id}")

@@ -44,9 +44,7 @@ _CHOICES: dict[str, list[str]] = _MODEL["choiceTypePaths"]
 _ELSEWHERE: dict[str, str] = _MODEL["pathsDefinedElsewhere"]
 _PARENT: dict[str, str] = _MODEL["type2Parent"]
 # Backbone elements have no type of their own in the model: their path is their type.
-_BACKBONES = frozenset(
-    path.rsplit(".", i)[0] for path in (*_PATH2TYPE, *_CHOICES) for i in range(1, path.count("."))
-)
+_BACKBONES = frozenset(path.rsplit(".", i)[0] for path in (*_PATH2TYPE, *_CHOICES) for i in range(1, path.count(".")))
 # FHIRPath System types named in the official expressions, as the FHIR types they mean there.
 _SYSTEM_TYPES = {"System.String": "string", "DateTime": "dateTime", "String": "string", "Boolean": "boolean"}
 
@@ -70,17 +68,15 @@ class CompileError(ValueError):
 class Branch:
     """Part of a compiled expression whose values all have one static FHIR type.
 
-    ``type`` is a FHIR type name (``Quantity``, ``dateTime``), a backbone element path
-    (``Observation.component``), ``Resource`` for contained/entry resources, or ``*`` when only known
-    at run time (fhirpathpy fallback, operators' results are ``boolean``).
+    ``type`` is a FHIR type name (``Quantity``, ``dateTime``; ``boolean`` for operators' results), a
+    backbone element path (``Observation.component``), ``Resource`` for contained/entry resources, or
+    ``*`` when only known at run time (fhirpathpy fallback, exists() over mixed choice types).
     """
 
     fn: Step
     type: str
     head: str | None = None  # the first key read from each focus item: no key, no values
     total: bool = False  # yields values from an empty focus too (exists(), literals, %resource)
-
-
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -137,7 +133,7 @@ class _Parser:
 
     def parse_or(self) -> tuple:
         node = self.parse_and()
-        while self.peek() in (("kw", "or"), ("kw", "xor"), ("kw", "implies")):
+        if self.peek() in (("kw", "or"), ("kw", "xor"), ("kw", "implies")):
             raise CompileError(f"operator {self.take()[1]!r}")
         return node
 
@@ -287,20 +283,30 @@ def is_a(type_: str, ancestor: str) -> bool:
 # Run-time helpers.
 # ---------------------------------------------------------------------------------------------------
 
-_REF_TYPE_RE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}(?:/_history/[^/]+)?$")
+
+def literal_type(literal: str) -> str | None:
+    """The ``Type`` of ``[base/]Type/id[/_history/v]`` when it is an R4 resource type."""
+    cut = literal.find("/_history/")
+    if cut > 0:
+        literal = literal[:cut]
+    parts = literal.rsplit("/", 2)
+    return parts[-2] if len(parts) >= 2 and parts[-2] in RESOURCE_TYPES and parts[-1] else None
 
 
 def reference_type(reference: Any) -> str | None:
-    """The target type of a Reference, read from ``Type/id`` (relative or absolute), else ``type``."""
+    """The target type of a Reference, read from its literal reference, else from ``type``.
+
+    What ``resolve() is T`` tests: nothing is looked up, so a ``urn:uuid:`` reference without
+    ``type`` is of no type.
+    """
     if reference.__class__ is not dict:
         return None
     literal = reference.get("reference")
-    if isinstance(literal, str):
-        m = _REF_TYPE_RE.search(literal)
-        if m and m.group(1) in RESOURCE_TYPES:
-            return m.group(1)
-    declared = reference.get("type")
-    return declared if isinstance(declared, str) else None
+    found = literal_type(literal) if literal.__class__ is str else None
+    if found is None:
+        declared = reference.get("type")
+        return declared if declared.__class__ is str else None
+    return found
 
 
 def _chain(steps: list[Step]) -> Step:
@@ -350,7 +356,7 @@ def _filter(pred: Predicate) -> Step:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Compiler: AST × input type → branches.
+# Compiler: (AST, input type) → branches.
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -432,9 +438,8 @@ def _compile_as(branches: list[Branch], type_name: str) -> list[Branch]:
         if is_a(b.type, type_name):
             out.append(b)
         elif b.type == "Resource" and type_name in RESOURCE_TYPES:
-            rt = type_name
-            is_rt = _filter(lambda r, _root: r.get("resourceType") == rt)
-            out.append(Branch(_chain([b.fn, is_rt]), rt, b.head))
+            is_rt = _filter(lambda r, _root, rt=type_name: r.__class__ is dict and r.get("resourceType") == rt)
+            out.append(Branch(_chain([b.fn, is_rt]), type_name, b.head))
     return out
 
 
@@ -458,7 +463,8 @@ def _compile_call(name: str, args: tuple, in_type: str, root_type: str) -> list[
     if name == "extension" and len(args) == 1 and args[0][0] == "lit":
         url = args[0][1]
         ext = _nav("extension")
-        return [Branch(lambda items, root: [e for e in ext(items, root) if e.get("url") == url], "Extension", "extension")]
+        matching = _filter(lambda e, _root: e.__class__ is dict and e.get("url") == url)
+        return [Branch(_chain([ext, matching]), "Extension", "extension")]
     if name == "exists" and not args:
         return [Branch(lambda items, root: [bool(items)], "boolean", None, True)]
     if name == "first" and not args:
@@ -475,14 +481,15 @@ def _compile_predicate(node: tuple, in_type: str, root_type: str) -> Predicate:
         return lambda item, root: reference_type(item) == target
     if node[0] == "call" and node[1] == "hasExtension" and len(node[2]) == 1 and node[2][0][0] == "lit":
         url = node[2][0][1]
-        return lambda item, root: any(
-            e.get("url") == url for e in item.get("extension", ()) if e.__class__ is dict
+        return lambda item, root: (
+            item.__class__ is dict
+            and any(e.__class__ is dict and e.get("url") == url for e in item.get("extension") or ())
         )
     if node[0] == "eq" and node[2][0] == "lit" and node[1][0] == "name":
         branches = _compile_name(node[1][1], in_type)
         if len(branches) == 1 and branches[0].fn is not _identity:
             key, literal = node[1][1], node[2][1]
-            return lambda item, root: item.get(key) == literal
+            return lambda item, root: item.__class__ is dict and item.get(key) == literal
     fn = _compile_value(node, in_type, root_type)
     return lambda item, root: fn([item], root) == [True]
 

@@ -32,7 +32,7 @@ elements give several; duplicates are removed):
 - composite: one entry per combination of component values on the same element (Observation, each
   Observation.component, each useContext…): value = first component as ``system|code`` (system ''
   when absent), system = the other components' text joined by ``$``: quantity → ``system|code`` (and
-  ``system|unit``), token → ``system|code``, string → folded, reference → its value; low/high = the
+  ``system|unit``), token → ``fold("system|code")``, string → folded, reference → its value; low/high = the
   quantity/date range; for number components (MolecularSequence ``chromosome$start$end``)
   low = start, high = end exactly.
 - special (``near``), parameters without expression, SampledData/Age/string dates: not indexed.
@@ -175,8 +175,7 @@ def _composite(code: str, definition: dict, type_: str) -> Producer | None:
         if part is None:
             return None
         per_type = {
-            e.type: _bind(compile_param(component["expression"], e.type, type_), part["type"], None)
-            for e in elements
+            e.type: _bind(compile_param(component["expression"], e.type, type_), part["type"], None) for e in elements
         }
         components.append((part["type"], per_type))
     element_fns = [(e.head, e.fn, e.type) for e in elements]
@@ -203,20 +202,22 @@ def _component_parts(
     components: list, element_type: str, element: Any, root: dict, memo: dict
 ) -> list[list[n.Fragment]] | None:
     """Each component's fragments on ``element``; None unless every component has a value."""
-    if not all(_may_have(by_type[element_type], element) for _, by_type in components):
+    if not all(_may_have(bound[element_type], element) for _, bound in components):
         return None  # cheap key test before any normalization
     parts = []
     item = [element]
-    for param_type, by_type in components:
+    for position, (param_type, bound_by_type) in enumerate(components):
         fragments: list[n.Fragment] = []
-        for head, fn, emit in by_type[element_type]:
+        first = position == 0
+        for head, fn, emit in bound_by_type[element_type]:
             if head is not None and head not in element:
                 continue
             for value in fn(item, root):
-                key = (id(value), emit)  # the same code is a component of many composites
+                key = (id(value), emit, first)  # the same code is a component of many composites
                 found = memo.get(key)
                 if found is None:  # (value kept alive in the memo so its id cannot be reused)
-                    found = memo[key] = (value, n.composite_fragments(param_type, emit("", value), ""))
+                    rows = emit("", value)
+                    found = memo[key] = (value, n.composite_fragments(param_type, rows, "", first))
                 fragments += found[1]
         if not fragments:
             return None
@@ -247,7 +248,7 @@ def parameters(type_: str) -> dict[str, dict]:
 @lru_cache(maxsize=512)
 def plan(type_: str) -> Plan:
     """Compile every parameter of ``type_`` once."""
-    in_type = type_ if type_ in RESOURCE_TYPES else "Resource"
+    in_type = type_ if type_ in RESOURCE_TYPES else "DomainResource"  # unknown: the common parameters
     by_head: dict[str, list[tuple[str, Step, Emit]]] = {}
     headless, composites = [], []
     for code, definition in parameters(in_type).items():

@@ -7,13 +7,12 @@ encoding per search parameter type is documented in ``indexing``.
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ..instant import date_range
-from .fhirpath_compile import RESOURCE_TYPES
+from .fhirpath_compile import RESOURCE_TYPES, literal_type
 
 Row = tuple[str, str | None, str | None, float | None, float | None]
 
@@ -27,8 +26,12 @@ ISO_4217 = "urn:iso:std:iso:4217"  # Money.currency's code system: what a quanti
 
 # Letters NFKD does not decompose but users type without the diacritic; typographic apostrophes.
 _FOLD_MAP = str.maketrans(
-    {"œ": "oe", "æ": "ae", "ø": "o", "ł": "l", "đ": "d", "ð": "d", "þ": "th", "ı": "i",
-     "’": "'", "‘": "'", "ʼ": "'", "´": "'"}
+    {
+        "œ": "oe", "æ": "ae", "ø": "o", "ł": "l", "đ": "d", "ð": "d", "þ": "th",
+        "\N{LATIN SMALL LETTER DOTLESS I}": "i",
+        "\N{RIGHT SINGLE QUOTATION MARK}": "'", "\N{LEFT SINGLE QUOTATION MARK}": "'",
+        "\N{MODIFIER LETTER APOSTROPHE}": "'",
+    }
 )  # fmt: skip
 
 
@@ -36,8 +39,8 @@ def fold(text: str) -> str:
     """Case- and accent-insensitive form for string search: ``Hélène`` → ``helene``, ``Œuvre`` → ``oeuvre``.
 
     Casefold (ß → ss), NFKD then drop combining marks (é → e, ﬁ → fi), map the ligatures and letters
-    NFKD keeps (œ, æ, ø, ł), ’ → ', collapse whitespace. Hyphens and apostrophes are kept: they are
-    part of names (``O'Brien``, ``Jean-Pierre``) and a prefix search must see them.
+    NFKD keeps (œ, æ, ø, ł), typographic apostrophes → ', collapse whitespace. Hyphens and apostrophes
+    are kept: they are part of names (``O'Brien``, ``Jean-Pierre``) and a prefix search must see them.
     """
     if text.isascii():  # the common case: no Unicode work at all
         return " ".join(text.lower().split())
@@ -86,12 +89,7 @@ def reference_value(literal: str) -> tuple[str, str | None] | None:
     if not literal or literal[0] == "#":
         return None
     cut = literal.find("/_history/")
-    if cut > 0:
-        literal = literal[:cut]
-    parts = literal.rsplit("/", 2)
-    if len(parts) >= 2 and parts[-2] in RESOURCE_TYPES and parts[-1]:
-        return literal, parts[-2]
-    return literal, None
+    return (literal[:cut] if cut > 0 else literal), literal_type(literal)
 
 
 def canonical_value(url: str) -> tuple[str, str | None]:
@@ -99,6 +97,15 @@ def canonical_value(url: str) -> tuple[str, str | None]:
     url = url.split("|", 1)[0]
     parts = url.rsplit("/", 2)
     return url, parts[-2] if len(parts) == 3 and parts[-2] in RESOURCE_TYPES else None
+
+
+def _str(value: Any) -> str | None:
+    """A string field, or None when absent or malformed (indexing must never fail a write)."""
+    return value if value.__class__ is str else None
+
+
+def _list(value: Any) -> list:
+    return value if value.__class__ is list else []
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -122,7 +129,8 @@ def _parts_rows(param: str, value: Any, singles: tuple[str, ...], lists: tuple[s
         if part.__class__ is str and part:
             rows.append((param, fold(part), part, None, None))
     for key in lists:
-        for part in value.get(key) or ():
+        parts = value.get(key)
+        for part in parts if parts.__class__ is list else ():
             if part.__class__ is str and part:
                 rows.append((param, fold(part), part, None, None))
     return rows
@@ -153,7 +161,7 @@ def coding_rows(param: str, value: Any) -> list[Row]:
     if value.__class__ is not dict:
         return []
     code = value.get("code")
-    rows: list[Row] = [(param, code, value.get("system"), None, None)] if code.__class__ is str else []
+    rows: list[Row] = [(param, code, _str(value.get("system")), None, None)] if code.__class__ is str else []
     display = value.get("display")
     return rows + _text_row(param, display) if display else rows
 
@@ -162,7 +170,7 @@ def codeable_concept_rows(param: str, value: Any) -> list[Row]:
     if value.__class__ is not dict:
         return []
     rows: list[Row] = []
-    for coding in value.get("coding") or ():
+    for coding in _list(value.get("coding")):
         rows += coding_rows(param, coding)
     text = value.get("text")
     return rows + _text_row(param, text) if text else rows
@@ -173,14 +181,14 @@ def identifier_rows(param: str, value: Any) -> list[Row]:
     if value.__class__ is not dict:
         return []
     ident = value.get("value")
-    rows: list[Row] = [(param, ident, value.get("system"), None, None)] if ident.__class__ is str else []
+    rows: list[Row] = [(param, ident, _str(value.get("system")), None, None)] if ident.__class__ is str else []
     id_type = value.get("type")
     if id_type.__class__ is dict:
         rows += _text_row(param, id_type.get("text"))
         if ident.__class__ is str:
-            for coding in id_type.get("coding") or ():
+            for coding in _list(id_type.get("coding")):
                 if coding.__class__ is dict and coding.get("code").__class__ is str:
-                    of_type = f"{coding.get('system') or ''}|{coding['code']}|{ident}"
+                    of_type = f"{_str(coding.get('system')) or ''}|{coding['code']}|{ident}"
                     rows.append((param + ":of-type", of_type, None, None, None))
     return rows
 
@@ -189,7 +197,7 @@ def contact_point_rows(param: str, value: Any) -> list[Row]:
     """(value, system) with the ContactPoint.system (phone, email…) as the token system."""
     if value.__class__ is not dict or value.get("value").__class__ is not str:
         return []
-    return [(param, value["value"], value.get("system"), None, None)]
+    return [(param, value["value"], _str(value.get("system")), None, None)]
 
 
 def code_rows(param: str, value: Any) -> list[Row]:
@@ -229,7 +237,7 @@ def reference_rows(param: str, value: Any, target: str | None = None) -> list[Ro
                          None, None))  # fmt: skip
     ident = value.get("identifier")
     if ident.__class__ is dict and ident.get("value").__class__ is str:
-        rows.append((param + ":identifier", ident["value"], ident.get("system"), None, None))
+        rows.append((param + ":identifier", ident["value"], _str(ident.get("system")), None, None))
     return rows
 
 
@@ -243,7 +251,7 @@ def canonical_rows(param: str, value: Any, target: str | None = None) -> list[Ro
 
 def resource_rows(param: str, value: Any, target: str | None = None) -> list[Row]:
     """A resource where a reference is expected (``Bundle.entry[0].resource``): ``Type/id``."""
-    if value.__class__ is not dict or not value.get("id") or not value.get("resourceType"):
+    if value.__class__ is not dict or _str(value.get("id")) is None or _str(value.get("resourceType")) is None:
         return []
     return [(param, f"{value['resourceType']}/{value['id']}", value["resourceType"], None, None)]
 
@@ -277,7 +285,7 @@ def timing_rows(param: str, value: Any) -> list[Row]:
     if value.__class__ is not dict:
         return []
     rows: list[Row] = []
-    for event in value.get("event") or ():
+    for event in _list(value.get("event")):
         rows += date_rows(param, event)
     return rows
 
@@ -316,7 +324,7 @@ def quantity_rows(param: str, value: Any) -> list[Row]:
     bounds = _bounds(value)
     if bounds is None:
         return []
-    system = value.get("system")
+    system = _str(value.get("system"))
     return [(param, unit, system, bounds[0], bounds[1]) for unit in _units(value)]
 
 
@@ -350,8 +358,9 @@ def range_quantity_rows(param: str, value: Any) -> list[Row]:
     bounds = range_bounds(value)
     if bounds is None:
         return []
-    side = value.get("low") or value.get("high") or {}
-    return [(param, unit, side.get("system"), bounds[0], bounds[1]) for unit in _units(side)]
+    side = value.get("low") if value.get("low").__class__ is dict else value.get("high")
+    side = side if side.__class__ is dict else {}
+    return [(param, unit, _str(side.get("system")), bounds[0], bounds[1]) for unit in _units(side)]
 
 
 def range_number_rows(param: str, value: Any) -> list[Row]:
@@ -378,10 +387,11 @@ def uri_rows(param: str, value: Any) -> list[Row]:
 Fragment = tuple[str | None, float | None, float | None]
 
 
-def composite_fragments(param_type: str, rows: list[Row], param: str) -> list[Fragment]:
+def composite_fragments(param_type: str, rows: list[Row], param: str, first: bool) -> list[Fragment]:
     """The fragments of one component value from its rows (``:text``/``:of-type`` rows are dropped).
 
-    token → ``system|code``; quantity → ``system|code`` + range; string → folded text; reference and
+    token → ``system|code`` (folded unless it is the first component: a composite's later parts are
+    matched as folded text); quantity → ``system|code`` + range; string → folded text; reference and
     uri → the value; date → range; number → the exact value as both ends (a coordinate, not a
     measurement: MolecularSequence's start/end).
     """
@@ -389,7 +399,10 @@ def composite_fragments(param_type: str, rows: list[Row], param: str) -> list[Fr
     for name, value, system, low, high in rows:
         if name != param:
             continue
-        if param_type in ("token", "quantity"):
+        if param_type == "token":
+            text = f"{system or ''}|{value or ''}"
+            out.append((text if first else fold(text), None, None))
+        elif param_type == "quantity":
             out.append((f"{system or ''}|{value or ''}", low, high))
         elif param_type in ("string", "reference", "uri"):
             out.append((value, None, None))

@@ -216,9 +216,7 @@ def _check(resource: dict, root: str) -> list[Issue]:
     rt = resource.get("resourceType")
     if not isinstance(rt, str):
         found = "missing" if rt is None else "not a string"
-        return [
-            Issue("required" if rt is None else "structure", f"resourceType is {found}", expression=(root,))
-        ]
+        return [Issue("required" if rt is None else "structure", f"resourceType is {found}", expression=(root,))]
     if rt not in R4_RESOURCE_TYPES:
         return [Issue("value", f"Unknown resource type '{rt}' (not an R4 resource)", expression=(root,))]
     if rt in _STRUCTURAL:

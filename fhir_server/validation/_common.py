@@ -12,8 +12,7 @@ MAX_ISSUES = 20
 # R4 ``id`` (http://hl7.org/fhir/R4/datatypes.html#id); the R4B models allow up to 255 characters.
 ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
-# JSON property names FHIR can use; anything else (``fhir_comments``, ``birthDate__ext``, ``class_fhir``...)
-# is a python-side alias the R4B models would otherwise accept.
+# JSON property names FHIR can use: tells element names from pydantic-internal segments of an error ``loc``.
 NAME_RE = re.compile(r"_?[A-Za-z][A-Za-z0-9]*")
 
 _BASE64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")

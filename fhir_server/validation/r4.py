@@ -135,9 +135,7 @@ class _Walk:
                 if item is not None:
                     self.value(item, elem, (*here, i))
                 elif not (type(ext) is list and i < len(ext) and ext[i] is not None):
-                    self.add(
-                        "structure", f"Null in array '{key}' without a matching '_{key}' value", (*here, i)
-                    )
+                    self.add("structure", f"Null in array '{key}' without a matching '_{key}' value", (*here, i))
 
     def value(self, value: Any, elem: Elem, loc: Loc) -> None:
         if elem.primitive is not None:
@@ -167,9 +165,7 @@ class _Walk:
         elif kind == "integer":
             if type(value) is not int:
                 self.wrong_type(value, "an integer", prim, loc)
-            elif not (_INT32[0] <= value <= _INT32[1]) or (
-                prim.regex and not prim.regex.fullmatch(str(value))
-            ):
+            elif not (_INT32[0] <= value <= _INT32[1]) or (prim.regex and not prim.regex.fullmatch(str(value))):
                 self.add("value", f"Invalid {prim.name} value {value}", loc)
         elif type(value) is bool or not isinstance(value, Decimal | int | float):
             self.wrong_type(value, "a number", prim, loc)

@@ -259,9 +259,7 @@ class _Walk:
             elif not value:
                 self.add("value", "Empty string (FHIR JSON has no empty strings)", loc)
             elif not _CODE_RE.fullmatch(value):
-                self.add(
-                    "value", f"Invalid code {describe(value)}: no leading, trailing or double spaces", loc
-                )
+                self.add("value", f"Invalid code {describe(value)}: no leading, trailing or double spaces", loc)
         elif kind == RES:
             self.resource(value, loc)
         elif kind == BOOL:
@@ -291,9 +289,7 @@ class _Walk:
             self.add("value", f"Invalid base64Binary value {describe(value)}", loc)
 
     def wrong_type(self, value: Any, kind: int, loc: Loc) -> None:
-        message = (
-            f"Expected {_KIND_NAMES.get(kind, 'a string')} but found {json_type(value)} {describe(value)}"
-        )
+        message = f"Expected {_KIND_NAMES.get(kind, 'a string')} but found {json_type(value)} {describe(value)}"
         self.add("structure", message, loc)
 
     def unknown(self, key: str, model: type[FHIRAbstractModel], loc: Loc) -> None:
@@ -316,9 +312,7 @@ class _Walk:
         for i, item in enumerate(value):
             if item is None and (other is None or other[i] is None) and not (ext_side and other is not None):
                 opposite = key[1:] if ext_side else "_" + key
-                self.add(
-                    "structure", f"Null in '{key}' without a matching '{opposite}' value", (*loc, key, i)
-                )
+                self.add("structure", f"Null in '{key}' without a matching '{opposite}' value", (*loc, key, i))
 
     def resource(self, value: Any, loc: Loc) -> None:
         """Hand a nested resource to the dispatcher; the model then sees a placeholder."""
@@ -335,15 +329,9 @@ class _Walk:
             self.edits.append((here, _UUID4))
             return
         if field.fix == META:
-            others = [
-                k
-                for k in obj
-                if k != key and k.startswith(field.group) and k[len(field.group) :][:1].isupper()
-            ]
+            others = [k for k in obj if k != key and k.startswith(field.group) and k[len(field.group) :][:1].isupper()]
             if others:
-                self.add(
-                    "structure", f"Only one of {field.group}[x] may be present: {key}, {others[0]}", here
-                )
+                self.add("structure", f"Only one of {field.group}[x] may be present: {key}, {others[0]}", here)
             # keep the choice present for the model (some are required), as a value it accepts
             self.edits.append(((*loc, field.group + "Boolean"), True))
         self.edits.append((here, _STRIP))
@@ -422,10 +410,11 @@ def _issue(err: dict, root: str, prefix: Loc, loc: Loc, data: Any) -> Issue:
     if msg.startswith("Any of one field value is expected"):  # several value[x] are present
         group, present = _choice(msg, _at(data, loc))
         where = (*here, present[-1]) if present else here
-        return make_issue(
-            "structure", f"Only one of {group}[x] may be present: {', '.join(present)}", root, where
-        )
+        return make_issue("structure", f"Only one of {group}[x] may be present: {', '.join(present)}", root, where)
     code = "structure" if kind in _STRUCTURE_ERRORS else "value"
+    if msg.endswith("value string does not match spec regex."):  # "Date value string ...", "Instant ..."
+        fhir_type = msg[0].lower() + msg.split()[0][1:]
+        return make_issue(code, f"Invalid {fhir_type} value {describe(err.get('input'))}", root, here)
     if "input" in err and not isinstance(err["input"], dict | list):
         return make_issue(code, f"Invalid value {describe(err['input'])} for '{name}': {msg}", root, here)
     return make_issue(code, f"Invalid '{name}': {msg}", root, here)
@@ -446,10 +435,7 @@ def from_pydantic(exc: ValidationError, root: str, data: Any, prefix: Loc = ()) 
     for err in exc.errors(include_url=False):
         if err["type"] in _IGNORED_ERRORS:
             continue
-        if (
-            err["type"] == "string_pattern_mismatch"
-            and err.get("ctx", {}).get("pattern") == _R4B_CODE_PATTERN
-        ):
+        if err["type"] == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") == _R4B_CODE_PATTERN:
             continue  # checked by the walk, with the R4 meaning of \s
         issues.append(_issue(err, root, prefix, _clean_loc(err["loc"], data), data))
     return issues
