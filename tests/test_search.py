@@ -282,3 +282,34 @@ async def test_compartment_search(client):
     assert await ids(client, "/Patient/marc/Patient") == ["marc"]
     r = await client.get("/Patient/helene/Observation")
     assert r.json()["link"][0]["url"] == f"{BASE}/Patient/helene/Observation"
+
+
+async def test_caller_constraints_apply_inside_the_store_query(client):
+    """A simple access constraint (no resource labelled restricted R) holds on every path of a search."""
+    from dataclasses import replace
+
+    from fhir_server.store.query import Entry, Not
+
+    confidentiality = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+    restricted = {"security": [{"system": confidentiality, "code": "R"}]}
+    assert (await client.put("/Patient/marc", json={**PATIENTS[1], "meta": restricted})).status_code == 200
+    secret = {**bp("helene", 99, "2024-03-01"), "id": "secret", "meta": restricted}
+    assert (await client.put("/Observation/secret", json=secret)).status_code == 201
+
+    state = client._transport.app.state  # type: ignore[attr-defined]
+    hide = (Not(Entry("_security", value="R", system=confidentiality)),)
+    state.context = replace(state.context, constraints=lambda type_: hide)
+
+    assert await ids(client, "/Patient?_count=1") == ["helene", "zoe"]
+    assert (await client.get("/Patient?_summary=count")).json()["total"] == 2
+    assert (await client.get("/Observation?subject=helene")).json()["total"] == 2
+    found = await entries(client, "/Observation?_id=bp2,secret,bp0&_include=Observation:subject")
+    assert sorted(found) == [("include", "Patient", "helene"), ("match", "Observation", "bp0"),
+                             ("match", "Observation", "bp2")]  # fmt: skip
+    found = await entries(client, "/Patient?_id=helene&_revinclude=Observation:subject")
+    assert sorted(found) == [("include", "Observation", "bp0"), ("include", "Observation", "bp1"),
+                             ("match", "Patient", "helene")]  # fmt: skip
+    # bp2 itself is visible, but its restricted subject cannot be probed through a chain or _has.
+    assert await ids(client, "/Observation?subject:Patient.gender=male") == []
+    assert await ids(client, "/Patient?_has:Observation:subject:value-quantity=lt100") == []
+    assert await ids(client, "/Patient/helene/Observation") == ["bp0", "bp1"]

@@ -149,11 +149,15 @@ async def test_sorted_pages_forward_and_backward(corpus):
 
 
 async def test_include_and_revinclude(corpus):
-    included = await corpus.include("Observation", ["o1", "o2", "o3"], "subject")
+    included = await corpus.include("Observation", ["o1", "o2", "o3"], "subject", {"Patient": ()})
     assert sorted(v.id for v in included) == ["helene", "marc"]
-    assert await corpus.include("Observation", ["o1"], "subject", ("Group",)) == []
-    reverse = await corpus.revinclude(["Patient/helene", "Patient/zoe"], "Observation", "subject")
+    assert await corpus.include("Observation", ["o1"], "subject", {"Group": ()}) == []
+    only_male = {"Patient": (Entry("gender", value="male"),)}
+    assert [v.id for v in await corpus.include("Observation", ["o1", "o2"], "subject", only_male)] == ["marc"]
+    reverse = await corpus.revinclude(["Patient/helene", "Patient/zoe"], Search("Observation"), "subject")
     assert [v.id for v in reverse] == ["o1"]
+    constrained = Search("Observation", (Entry("code", value="8462-4"),))
+    assert await corpus.revinclude(["Patient/helene"], constrained, "subject") == []
 
 
 async def test_ascending_range_sort_differs_from_id_order(corpus):

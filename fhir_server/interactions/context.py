@@ -1,17 +1,27 @@
-"""What every interaction receives: the store and the settings (the principal joins with SMART)."""
+"""What every interaction receives: the store, the settings and the caller's access constraints."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..config import Settings
 from ..store import ResourceVersion, Store
+from ..store.query import Condition
+
+
+def no_constraints(type_: str) -> tuple[Condition, ...]:
+    return ()
 
 
 @dataclass(frozen=True, slots=True)
 class Context:
+    """``constraints(type)`` yields the conditions the caller's access is limited to for that type: they
+    are ANDed into every store query (matches, totals, includes), never applied after the fact."""
+
     store: Store
     settings: Settings
+    constraints: Callable[[str], tuple[Condition, ...]] = no_constraints
 
 
 @dataclass(frozen=True, slots=True)

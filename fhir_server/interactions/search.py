@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from ..errors import FhirError, Issue, bad_request, not_supported
 from ..fhirjson import dumps, loads
 from ..search.compartments import compartment_condition
-from ..search.parameters import parse
+from ..search.parameters import Scope, parse
 from ..search.results import (
     IncludeSpec,
     parse_elements,
@@ -85,9 +85,10 @@ def parse_request(
         else:
             criteria.append((name, value))
     warnings: list[Issue] = []
+    scope = Scope(base, ctx.constraints)
     if lenient:
-        criteria, warnings = _drop_unusable(type_, criteria, base)
-    search = parse(type_, criteria, base=base)
+        criteria, warnings = _drop_unusable(type_, criteria, scope)
+    search = parse(type_, criteria, scope)
     total = single.get("_total", "accurate")
     if total not in ("none", "estimate", "accurate"):
         raise bad_request(f"_total={total!r}: expected none, estimate or accurate")
@@ -117,11 +118,12 @@ def _kept(name: str, criteria: list[tuple[str, str]]) -> bool:
 
 async def search(ctx: Context, request: SearchRequest) -> SearchPage:
     store = ctx.store
+    query = Search(request.search.type, request.search.where + ctx.constraints(request.search.type))
     if request.summary == "count":
-        return SearchPage([], total=await store.count(request.search), warnings=request.warnings, summary="count")
+        return SearchPage([], total=await store.count(query), warnings=request.warnings, summary="count")
     after, reverse = _cursor(request.cursor, len(request.sort) + 1)
     matches = await store.search_page(
-        request.search, request.count + 1, sort=request.sort, after=after, reverse=reverse
+        query, request.count + 1, sort=request.sort, after=after, reverse=reverse
     ) if request.count else []  # fmt: skip
     more = len(matches) > request.count
     matches = matches[: request.count]
@@ -131,7 +133,7 @@ async def search(ctx: Context, request: SearchRequest) -> SearchPage:
     has_previous = (after is not None) if not reverse else more
     next_cursor = encode_cursor(["a", *matches[-1].key]) if has_next and matches else None
     previous_cursor = encode_cursor(["b", *matches[0].key]) if has_previous and matches else None
-    total = None if request.total == "none" else await store.count(request.search)
+    total = None if request.total == "none" else await store.count(query)
     versions = [m.version for m in matches]
     included = await _includes(ctx, request, versions) if versions else []
     return SearchPage(
@@ -157,14 +159,15 @@ async def _includes(ctx: Context, request: SearchRequest, matches: list[Resource
         for spec in request.includes:
             if round_ == 0 or spec.iterate:
                 ids = [v.id for v in frontier if v.type == spec.source_type]
-                for param in spec.params if ids else ():
-                    targets = (spec.target,) if spec.target else None
-                    found += await ctx.store.include(spec.source_type, ids, param, targets)
+                for param, targets in spec.params if ids else ():
+                    allowed = {t: ctx.constraints(t) for t in targets}
+                    found += await ctx.store.include(spec.source_type, ids, param, allowed)
         for spec in request.revincludes:
             if round_ == 0 or spec.iterate:
                 refs = [f"{v.type}/{v.id}" for v in frontier]
-                for param in spec.params:
-                    found += await ctx.store.revinclude(refs, spec.source_type, param)
+                source = Search(spec.source_type, ctx.constraints(spec.source_type))
+                for param, _ in spec.params:
+                    found += await ctx.store.revinclude(refs, source, param)
         frontier = []
         for version in found:
             if (version.type, version.id) not in seen:
@@ -185,12 +188,14 @@ def shape(body: bytes, summary: str, elements: list[str] | None) -> bytes:
     return body
 
 
-def _drop_unusable(type_: str, criteria: list[tuple[str, str]], base: str) -> tuple[list[tuple[str, str]], list[Issue]]:
+def _drop_unusable(
+    type_: str, criteria: list[tuple[str, str]], scope: Scope
+) -> tuple[list[tuple[str, str]], list[Issue]]:
     """``Prefer: handling=lenient``: unusable parameters are reported, not applied."""
     kept, warnings = [], []
     for name, value in criteria:
         try:
-            parse(type_, [(name, value)], base=base)
+            parse(type_, [(name, value)], scope)
         except FhirError as exc:
             warnings.append(Issue("not-supported", f"Ignored: {exc.message}", severity="warning"))
             continue

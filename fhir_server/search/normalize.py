@@ -12,7 +12,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ..instant import date_range
-from .fhirpath_compile import RESOURCE_TYPES, literal_type
+from .fhirpath_compile import literal_type
 
 Row = tuple[str, str | None, str | None, float | None, float | None]
 
@@ -95,8 +95,7 @@ def reference_value(literal: str) -> tuple[str, str | None] | None:
 def canonical_value(url: str) -> tuple[str, str | None]:
     """A canonical without its ``|version``, with the type of a ``…/Type/id`` URL."""
     url = url.split("|", 1)[0]
-    parts = url.rsplit("/", 2)
-    return url, parts[-2] if len(parts) == 3 and parts[-2] in RESOURCE_TYPES else None
+    return url, literal_type(url)
 
 
 def _str(value: Any) -> str | None:

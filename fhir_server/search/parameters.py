@@ -8,6 +8,8 @@ Index entry encoding (what each parameter type matches against) is described in 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from urllib.parse import urlsplit
 
@@ -31,20 +33,47 @@ _MODIFIERS = {
 }
 
 
-def parse(type_: str, pairs: list[tuple[str, str]], *, base: str = "", depth: int = 0) -> Search:
+def no_constraints(type_: str) -> tuple[Condition, ...]:
+    return ()
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What parsing needs beyond the parameters: this server's base URL (absolute references), the
+    caller's access constraints (applied to chained and ``_has`` levels too, so a hidden resource can
+    never be probed through a chain), and the current chain depth."""
+
+    base: str = ""
+    constraints: Callable[[str], tuple[Condition, ...]] = no_constraints
+    depth: int = 0
+
+    def deeper(self) -> Scope:
+        if self.depth >= MAX_CHAIN_DEPTH:
+            raise bad_request(f"Chains and _has nested deeper than {MAX_CHAIN_DEPTH} levels are not supported")
+        return replace(self, depth=self.depth + 1)
+
+
+def parse(type_: str, pairs: list[tuple[str, str]], scope: Scope = Scope()) -> Search:
     """The conjunction of every (name, value) pair: repeated names AND, commas inside a value OR."""
-    return Search(type_, tuple(condition(type_, name, value, base=base, depth=depth) for name, value in pairs))
+    return Search(type_, tuple(condition(type_, name, value, scope) for name, value in pairs))
 
 
-def condition(type_: str, name: str, value: str, *, base: str = "", depth: int = 0) -> Condition:
+def _linked(type_: str, pairs: list[tuple[str, str]], scope: Scope) -> Search:
+    """A chained / ``_has`` level: its own criteria and the caller's constraints on that type."""
+    inner = scope.deeper()
+    return Search(type_, parse(type_, pairs, inner).where + scope.constraints(type_))
+
+
+def condition(type_: str, name: str, value: str, scope: Scope = Scope()) -> Condition:
+    base = scope.base
     if name.startswith("_has:"):
-        return _has(type_, name, value, base, depth)
+        return _has(name, value, scope)
     head, _, chain_rest = name.partition(".")
     code, _, modifier = head.partition(":")
     definition = _definition(type_, code)
     kind = definition["type"]
     if chain_rest:
-        return _chain(type_, definition, modifier, chain_rest, value, base, depth)
+        return _chain(definition, modifier, chain_rest, value, scope)
     if modifier == "missing":
         if value not in ("true", "false"):
             raise bad_request(f"{name}={value!r}: :missing takes true or false")
@@ -295,24 +324,22 @@ _BUILDERS = {
 # --- chains ---------------------------------------------------------------------------------------
 
 
-def _chain(type_: str, definition: dict, modifier: str, rest: str, value: str, base: str, depth: int) -> Condition:
+def _chain(definition: dict, modifier: str, rest: str, value: str, scope: Scope) -> Condition:
     code = definition["code"]
     if definition["type"] != "reference":
         raise bad_request(f"{code}.{rest}: only reference parameters can be chained")
-    if depth >= MAX_CHAIN_DEPTH:
-        raise bad_request(f"Chains deeper than {MAX_CHAIN_DEPTH} levels are not supported")
     targets = [modifier] if modifier else list(definition.get("target", ()))
     usable = [t for t in targets if _knows(t, rest.partition(".")[0].partition(":")[0])]
     if not usable:
         raise bad_request(f"{code}.{rest}: no target type of {code!r} has that search parameter")
-    return _any(Chain(code, parse(t, [(rest, value)], base=base, depth=depth + 1)) for t in usable)
+    return _any(Chain(code, _linked(t, [(rest, value)], scope)) for t in usable)
 
 
 def _knows(type_: str, code: str) -> bool:
     return code in ("_id", "_has") or registry.parameter(type_, code) is not None
 
 
-def _has(type_: str, name: str, value: str, base: str, depth: int) -> Condition:
+def _has(name: str, value: str, scope: Scope) -> Condition:
     """``_has:Observation:patient:code=1234`` (nested ``_has`` allowed)."""
     parts = name.split(":", 3)
     if len(parts) != 4:
@@ -323,6 +350,4 @@ def _has(type_: str, name: str, value: str, base: str, depth: int) -> Condition:
     definition = _definition(source_type, ref_param)
     if definition["type"] != "reference":
         raise bad_request(f"{name}: {ref_param!r} is not a reference parameter of {source_type}")
-    if depth >= MAX_CHAIN_DEPTH:
-        raise bad_request(f"_has nested deeper than {MAX_CHAIN_DEPTH} levels is not supported")
-    return Has(ref_param, parse(source_type, [(rest, value)], base=base, depth=depth + 1))
+    return Has(ref_param, _linked(source_type, [(rest, value)], scope))

@@ -42,8 +42,7 @@ class IncludeSpec:
     """``_include=Source:param[:Target]`` (``param`` ``*`` = every reference parameter)."""
 
     source_type: str
-    params: tuple[str, ...]
-    target: str | None
+    params: tuple[tuple[str, tuple[str, ...]], ...]  # (parameter, the types it may point at)
     iterate: bool
 
 
@@ -59,15 +58,16 @@ def parse_include(name: str, value: str, searched_type: str) -> IncludeSpec:
     if name.startswith("_include") and not iterate and source != searched_type:
         raise bad_request(f"{name}={value!r}: the source type must be {searched_type} (or use :iterate)")
     if code == "*":
-        params = tuple(sorted(c for c, d in registry.parameters_of(source).items() if d["type"] == "reference"))
+        refs = sorted((c, d) for c, d in registry.parameters_of(source).items() if d["type"] == "reference")
+        params = tuple((c, tuple(d.get("target", ()))) for c, d in refs)
     else:
         definition = registry.parameter(source, code)
         if definition is None or definition["type"] != "reference":
             raise bad_request(f"{name}={value!r}: {code!r} is not a reference parameter of {source}")
         if target and target not in definition.get("target", ()):
             raise bad_request(f"{name}={value!r}: {code!r} cannot point at {target}")
-        params = (code,)
-    return IncludeSpec(source, params, target, iterate)
+        params = ((code, (target,) if target else tuple(definition.get("target", ()))),)
+    return IncludeSpec(source, params, iterate)
 
 
 @lru_cache(maxsize=1)

@@ -9,7 +9,7 @@ change together or not at all.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -185,13 +185,14 @@ class Store(ABC):
 
     @abstractmethod
     async def include(
-        self, source_type: str, source_ids: Sequence[str], param: str, targets: tuple[str, ...] | None = None
+        self, source_type: str, source_ids: Sequence[str], param: str, targets: Mapping[str, tuple[Condition, ...]]
     ) -> list[ResourceVersion]:
-        """``_include``: live resources that ``param`` of the given resources points at (one query)."""
+        """``_include``: live resources that ``param`` of the given resources points at, limited to the target
+        types given, each under its own constraints (one query)."""
 
     @abstractmethod
-    async def revinclude(self, refs: Sequence[str], source_type: str, param: str) -> list[ResourceVersion]:
-        """``_revinclude``: live ``source_type`` resources whose ``param`` points at one of ``refs`` ("T/id")."""
+    async def revinclude(self, refs: Sequence[str], source: Search, param: str) -> list[ResourceVersion]:
+        """``_revinclude``: live matches of ``source`` whose ``param`` points at one of ``refs`` ("T/id")."""
 
     @abstractmethod
     async def count(self, query: StoreQuery | Search) -> int:

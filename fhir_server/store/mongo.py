@@ -40,7 +40,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -70,7 +70,7 @@ from .base import (
     as_search,
 )
 from .mongo_query import compile_search, sorted_pipeline
-from .query import Search, SortKey
+from .query import Condition, Search, SortKey
 
 T = TypeVar("T")
 
@@ -412,9 +412,9 @@ class MongoStore(Store):
         return [_to_version(doc) for doc in docs]
 
     async def include(
-        self, source_type: str, source_ids: Sequence[str], param: str, targets: tuple[str, ...] | None = None
+        self, source_type: str, source_ids: Sequence[str], param: str, targets: Mapping[str, tuple[Condition, ...]]
     ) -> list[ResourceVersion]:
-        if not source_ids:
+        if not source_ids or not targets:
             return []
         db = self._database
         with _unavailable():
@@ -425,19 +425,20 @@ class MongoStore(Store):
                 e["v"]
                 async for doc in sources
                 for e in doc.get("idx", ())
-                if e.get("p") == param and isinstance(e.get("v"), str) and "/" in e["v"]
+                if e.get("p") == param and isinstance(e.get("v"), str) and e["v"].split("/", 1)[0] in targets
             }
-            if targets:
-                refs = {r for r in refs if r.split("/", 1)[0] in targets}
             if not refs:
                 return []
-            return await self._current_versions({"_id": {"$in": sorted(refs)}, "del": False})
+            by_type = [await compile_search(db[CURRENT], Search(t, where)) for t, where in targets.items()]
+            return await self._current_versions({"_id": {"$in": sorted(refs)}, "$or": by_type})
 
-    async def revinclude(self, refs: Sequence[str], source_type: str, param: str) -> list[ResourceVersion]:
+    async def revinclude(self, refs: Sequence[str], source: Search, param: str) -> list[ResourceVersion]:
         if not refs:
             return []
+        db = self._database
         with _unavailable():
-            flt = {"t": source_type, "del": False, "idx": {"$elemMatch": {"p": param, "v": {"$in": list(refs)}}}}
+            flt = await compile_search(db[CURRENT], source)
+            flt["$and"].append({"idx": {"$elemMatch": {"p": param, "v": {"$in": list(refs)}}}})
             return await self._current_versions(flt)
 
     async def count(self, query: StoreQuery | Search) -> int:

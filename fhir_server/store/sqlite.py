@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,8 +25,15 @@ from .base import (
     VersionConflict,
     as_search,
 )
-from .query import Search, SortKey
-from .sqlite_query import compile_search, include_statement, keyset_after, revinclude_statement, sort_expression
+from .query import Condition, Search, SortKey
+from .sqlite_query import (
+    VERSION_COLUMNS,
+    compile_search,
+    include_statement,
+    keyset_after,
+    revinclude_statement,
+    sort_expression,
+)
 
 T = TypeVar("T")
 
@@ -68,7 +75,6 @@ CREATE INDEX IF NOT EXISTS search_index_range ON search_index (type, param, low,
 CREATE INDEX IF NOT EXISTS search_index_owner ON search_index (type, id);
 """
 
-_VERSION_COLUMNS = "v.type, v.id, v.version, v.last_updated, v.method, v.body"
 _CURRENT = """
 SELECT v.type, v.id, v.version, v.last_updated, v.method, v.body
 FROM resource r JOIN resource_version v ON v.type = r.type AND v.id = r.id AND v.version = r.version
@@ -249,7 +255,7 @@ class SQLiteStore(Store):
         if not sort:  # id order: a plain B-tree walk of the resource table
             sql, args = _match_where(query, after[0] if after else None, reverse)
             rows = self._read_conn.execute(
-                f"SELECT {_VERSION_COLUMNS} FROM resource r"
+                f"SELECT {VERSION_COLUMNS} FROM resource r"
                 " JOIN resource_version v ON v.type = r.type AND v.id = r.id AND v.version = r.version"
                 f" WHERE {sql} ORDER BY r.id {'DESC' if reverse else 'ASC'} LIMIT ?",
                 [*args, limit],
@@ -270,7 +276,7 @@ class SQLiteStore(Store):
         outer, outer_args = keyset_after(columns, after) if after else ("1", [])
         order = ", ".join(f"{c} {'DESC' if d else 'ASC'}" for c, d in columns)
         sql = (
-            f"SELECT {_VERSION_COLUMNS}, {', '.join(c for c, _ in columns[:-1])} FROM"
+            f"SELECT {VERSION_COLUMNS}, {', '.join(c for c, _ in columns[:-1])} FROM"
             f" (SELECT r.type, r.id, r.version, {', '.join(keys)} FROM resource r WHERE {where}) m"
             " JOIN resource_version v ON v.type = m.type AND v.id = m.id AND v.version = m.version"
             f" WHERE {outer} ORDER BY {order} LIMIT ?"
@@ -279,17 +285,17 @@ class SQLiteStore(Store):
         return [Match(_row_to_version(row), (*row[6:], row[1])) for row in rows]
 
     async def include(
-        self, source_type: str, source_ids: Sequence[str], param: str, targets: tuple[str, ...] | None = None
+        self, source_type: str, source_ids: Sequence[str], param: str, targets: Mapping[str, tuple[Condition, ...]]
     ) -> list[ResourceVersion]:
-        if not source_ids:
+        if not source_ids or not targets:
             return []
         sql, args = include_statement(source_type, list(source_ids), param, targets)
         return [_row_to_version(row) for row in self._read_conn.execute(sql, args)]
 
-    async def revinclude(self, refs: Sequence[str], source_type: str, param: str) -> list[ResourceVersion]:
+    async def revinclude(self, refs: Sequence[str], source: Search, param: str) -> list[ResourceVersion]:
         if not refs:
             return []
-        sql, args = revinclude_statement(list(refs), source_type, param)
+        sql, args = revinclude_statement(list(refs), source, param)
         return [_row_to_version(row) for row in self._read_conn.execute(sql, args)]
 
     async def count(self, query: StoreQuery | Search) -> int:

@@ -8,11 +8,13 @@ subqueries, so a chained search is one statement whatever the number of matches.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from typing import Any
 
 from .query import MAX_NUMBER, MAX_TEXT, AllOf, AnyOf, Chain, Condition, Entry, Has, IdIn, Missing, Not, Search, SortKey
 
 _MAX_CHAR = MAX_TEXT
+VERSION_COLUMNS = "v.type, v.id, v.version, v.last_updated, v.method, v.body"
 
 
 class Compiler:
@@ -140,29 +142,36 @@ def keyset_after(columns: list[tuple[str, bool]], after: tuple) -> tuple[str, li
 
 
 def include_statement(
-    source_type: str, source_ids: list[str], param: str, targets: tuple[str, ...] | None
+    source_type: str, source_ids: list[str], param: str, targets: Mapping[str, tuple[Condition, ...]]
 ) -> tuple[str, list[Any]]:
-    """Live current versions referenced by ``param`` of the given resources: one statement."""
-    args: list[Any] = [source_type, param, *source_ids]
-    type_filter = ""
-    if targets:
-        type_filter = f" AND r.type IN ({', '.join('?' * len(targets))})"
-        args.extend(targets)
-    sql = (
-        "SELECT v.type, v.id, v.version, v.last_updated, v.method, v.body FROM resource r"
-        " JOIN resource_version v ON v.type = r.type AND v.id = r.id AND v.version = r.version"
-        " WHERE r.deleted = 0 AND (r.type || '/' || r.id) IN (SELECT s.value FROM search_index s"
-        f" WHERE s.type = ? AND s.param = ? AND s.id IN ({', '.join('?' * len(source_ids))})){type_filter}"
+    """Live current versions that ``param`` of the given resources points at, each target type under its
+    own constraints: one statement."""
+    compiler = Compiler()
+    compiler.args.extend([source_type, param, *source_ids])
+    refs = (
+        "SELECT s.value FROM search_index s"
+        f" WHERE s.type = ? AND s.param = ? AND s.id IN ({', '.join('?' * len(source_ids))})"
     )
-    return sql, args
-
-
-def revinclude_statement(refs: list[str], source_type: str, param: str) -> tuple[str, list[Any]]:
-    """Live current versions of ``source_type`` whose ``param`` points at one of ``refs``: one statement."""
+    by_type = []
+    for type_, where in targets.items():
+        compiler.args.append(type_)
+        by_type.append(f"(r.type = ? AND {compiler.search(Search(type_, where), 'r')})")
     sql = (
-        "SELECT v.type, v.id, v.version, v.last_updated, v.method, v.body FROM resource r"
+        f"SELECT {VERSION_COLUMNS} FROM resource r"
+        " JOIN resource_version v ON v.type = r.type AND v.id = r.id AND v.version = r.version"
+        f" WHERE r.deleted = 0 AND (r.type || '/' || r.id) IN ({refs}) AND ({' OR '.join(by_type)})"
+    )
+    return sql, compiler.args
+
+
+def revinclude_statement(refs: list[str], source: Search, param: str) -> tuple[str, list[Any]]:
+    """Live current versions of ``source`` (type and constraints) whose ``param`` points at one of ``refs``."""
+    compiler = Compiler()
+    compiler.args.extend([source.type, source.type, param, *refs])
+    sql = (
+        f"SELECT {VERSION_COLUMNS} FROM resource r"
         " JOIN resource_version v ON v.type = r.type AND v.id = r.id AND v.version = r.version"
         " WHERE r.type = ? AND r.deleted = 0 AND r.id IN (SELECT s.id FROM search_index s"
         f" WHERE s.type = ? AND s.param = ? AND s.value IN ({', '.join('?' * len(refs))}))"
     )
-    return sql, [source_type, source_type, param, *refs]
+    return f"{sql} AND {compiler.search(source, 'r')}", compiler.args
