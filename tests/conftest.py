@@ -12,7 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 import selectors
+import shutil
+import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -158,3 +161,53 @@ async def fhir_client(store_url: str, **settings: object) -> AsyncIterator[httpx
     transport = httpx.ASGITransport(app=app)
     async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url=FHIR_BASE) as c:
         yield c
+
+
+# --- the real server process ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fhir_server_command() -> list[str]:
+    exe = shutil.which("fhir-server", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "fhir_server.cli"]
+
+
+@pytest.fixture
+def server(store_url: str, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``fhir-server serve`` started as a subprocess on a free port over each store: (base URL, process)."""
+    store = store_url
+    port = free_port()
+    env = {**os.environ, "FHIR_SERVER_STORE": store}
+    proc = subprocess.Popen(
+        [*fhir_server_command(), "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            try:
+                if httpx.get(f"{base}/metadata", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                out = proc.stdout.read() if proc.stdout else ""
+                pytest.fail(f"fhir-server serve did not start: {out[-3000:]}")
+            time.sleep(0.2)
+        yield base, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()

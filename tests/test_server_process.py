@@ -3,62 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def fhir_server_command() -> list[str]:
-    exe = shutil.which("fhir-server", path=str(Path(sys.executable).parent))
-    return [exe] if exe else [sys.executable, "-m", "fhir_server.cli"]
-
-
-@pytest.fixture
-def server(store_url: str, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
-    store = store_url
-    port = free_port()
-    env = {**os.environ, "FHIR_SERVER_STORE": store}
-    proc = subprocess.Popen(
-        [*fhir_server_command(), "serve", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            try:
-                if httpx.get(f"{base}/metadata", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                out = proc.stdout.read() if proc.stdout else ""
-                pytest.fail(f"fhir-server serve did not start: {out[-3000:]}")
-            time.sleep(0.2)
-        yield base, proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+from conftest import fhir_server_command, free_port
 
 
 def test_serve_process_create_read_search_history(server):
