@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from . import __version__
 from .config import Settings
 from .interactions import Context
+from .interactions.definitions import load_search_parameters
 from .rest import errors, routes
 from .store import open_store
 from .validation import warm_up
@@ -23,6 +24,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await store.start()
         warm_up()
+        if settings.load_definitions:
+            await load_search_parameters(store)
         try:
             yield
         finally:

@@ -29,6 +29,40 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=serve)
 
 
+def _reindex_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "reindex",
+        help="rebuild search index entries",
+        description="Recompute the search index entries of every stored resource (after a SearchParameter change).",
+    )
+    p.add_argument("--store", help="store URL (default sqlite:///./data/fhir.db; env FHIR_SERVER_STORE)")
+    p.add_argument("--type", action="append", dest="types", metavar="TYPE", help="only this type (repeatable)")
+    p.set_defaults(func=reindex)
+
+
+def reindex(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .interactions.reindex import reindex as run
+    from .store import open_store
+    from .validation import R4_RESOURCE_TYPES
+
+    settings = Settings(**_overrides(args))  # type: ignore[arg-type]
+    unknown = sorted(set(args.types or ()) - R4_RESOURCE_TYPES)
+    if unknown:
+        print(f"unknown resource type(s): {', '.join(unknown)}", file=sys.stderr)
+        return 2
+
+    async def main() -> int:
+        store = open_store(settings.store, write_concern=settings.mongo_write_concern)
+        async with store:
+            return await run(store, args.types, lambda t, n: print(f"\r{t}: {n} resources", end="", flush=True))
+
+    count = asyncio.run(main())
+    print(f"\nreindexed {count} resources", flush=True)
+    return 0
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
     fields = ("host", "port", "store", "workers", "base_url", "log_level")
     return {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
@@ -74,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fhir-server {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     _serve_parser(sub)
+    _reindex_parser(sub)
     return parser
 
 

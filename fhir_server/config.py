@@ -11,9 +11,7 @@ DEFAULT_STORE = "sqlite:///./data/fhir.db"
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FHIR_SERVER_", extra="ignore")
 
-    store: str = Field(
-        DEFAULT_STORE, description="Store URL: sqlite:///rel.db, sqlite:////abs.db, mongodb://…"
-    )
+    store: str = Field(DEFAULT_STORE, description="Store URL: sqlite:///rel.db, sqlite:////abs.db, mongodb://…")
     host: str = Field("127.0.0.1", description="Interface to listen on")
     port: int = Field(8080, description="TCP port")
     workers: int = Field(1, ge=1, description="uvicorn worker processes")
@@ -26,4 +24,7 @@ class Settings(BaseSettings):
     default_page_size: int = Field(50, ge=1, description="_count when the client gives none")
     max_page_size: int = Field(1000, ge=1, description="Largest _count honoured")
     mongo_write_concern: str = Field("majority", description="MongoDB write concern w= (majority by default)")
+    load_definitions: bool = Field(
+        True, description="Store the official SearchParameters at start-up (once) so GET /SearchParameter lists them"
+    )
     log_level: str = Field("info", description="Log level")

@@ -124,6 +124,13 @@ class Transaction(ABC):
         ``VersionConflict``. A deletion (body None) removes the resource's index entries.
         """
 
+    @abstractmethod
+    async def replace_entries(self, version: ResourceVersion, entries: Sequence[IndexEntry]) -> None:
+        """Rebuild the index entries of the current ``version`` (reindex): no new version is made.
+
+        ``VersionConflict`` if ``version`` is no longer the current, live version.
+        """
+
 
 class VersionConflict(Exception):
     """Another writer changed the resource between read and write."""

@@ -270,6 +270,14 @@ class MongoTransaction(Transaction):
             except DuplicateKeyError as exc:
                 raise VersionConflict(f"{key}: created concurrently") from exc
 
+    async def replace_entries(self, version: ResourceVersion, entries: Sequence[IndexEntry]) -> None:
+        key = f"{version.type}/{version.id}"
+        flt = {"_id": key, "v": version.version, "del": False}
+        update = {"$set": {"idx": [_entry_doc(e) for e in entries]}}
+        result = await self._current.update_one(flt, update, session=self._session)
+        if result.matched_count != 1:
+            raise VersionConflict(f"{key}: version {version.version} is no longer current")
+
 
 async def _read_current(
     current: AsyncCollection,

@@ -143,6 +143,21 @@ class SQLiteTransaction(Transaction):
                 [(version.type, version.id, e.param, e.value, e.system, e.low, e.high) for e in entries],
             )
 
+    async def replace_entries(self, version: ResourceVersion, entries: Sequence[IndexEntry]) -> None:
+        _replace_entries(self._conn, version, entries)
+
+
+def _replace_entries(conn: sqlite3.Connection, version: ResourceVersion, entries: Sequence[IndexEntry]) -> None:
+    row = conn.execute("SELECT version, deleted FROM resource WHERE type = ? AND id = ?", (version.type, version.id))
+    current = row.fetchone()
+    if current is None or current[0] != version.version or current[1]:
+        raise VersionConflict(f"{version.type}/{version.id}: version {version.version} is no longer current")
+    conn.execute("DELETE FROM search_index WHERE type = ? AND id = ?", (version.type, version.id))
+    conn.executemany(
+        "INSERT INTO search_index (type, id, param, value, system, low, high) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(version.type, version.id, e.param, e.value, e.system, e.low, e.high) for e in entries],
+    )
+
 
 def _match_where(query: StoreQuery | Search, after: str | None = None, reverse: bool = False) -> tuple[str, list[Any]]:
     """WHERE clause over ``resource r`` for the live matches of a search (ids after/before ``after``)."""
