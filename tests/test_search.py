@@ -313,3 +313,20 @@ async def test_caller_constraints_apply_inside_the_store_query(client):
     assert await ids(client, "/Observation?subject:Patient.gender=male") == []
     assert await ids(client, "/Patient?_has:Observation:subject:value-quantity=lt100") == []
     assert await ids(client, "/Patient/helene/Observation") == ["bp0", "bp1"]
+
+
+async def test_in_and_not_in_use_stored_valuesets(client):
+    systolic = {"resourceType": "ValueSet", "id": "systolic", "url": "http://example.org/vs/systolic", "status": "active",
+                "compose": {"include": [{"system": LOINC, "concept": [{"code": "8480-6"}]}]}}  # fmt: skip
+    whole = {"resourceType": "ValueSet", "id": "genders", "url": "http://example.org/vs/genders", "status": "active",
+             "compose": {"include": [{"system": "http://hl7.org/fhir/administrative-gender"}]}}  # fmt: skip
+    filtered = {"resourceType": "ValueSet", "id": "f", "url": "http://example.org/vs/f", "status": "active",
+                "compose": {"include": [{"system": LOINC, "filter": [{"property": "CLASS", "op": "=",
+                                                                       "value": "x"}]}]}}  # fmt: skip
+    for vs in (systolic, whole, filtered):
+        assert (await client.put(f"/ValueSet/{vs['id']}", json=vs)).status_code == 201
+    assert await ids(client, "/Observation?code:in=http://example.org/vs/systolic") == ["bp0", "bp1", "bp2"]
+    assert await ids(client, "/Observation?code:not-in=http://example.org/vs/systolic") == []
+    assert await ids(client, "/Patient?gender:in=http://example.org/vs/genders") == []  # gender codes carry no system
+    await error(client, "/Observation?code:in=http://example.org/vs/unknown", "ValueSet")
+    await error(client, "/Observation?code:in=http://example.org/vs/f", "terminology server")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from ..errors import FhirError, Issue, bad_request, not_supported
 from ..fhirjson import dumps, loads
 from ..search.compartments import compartment_condition
-from ..search.parameters import Scope, parse
+from ..search.parameters import Scope, parse, valueset_urls
 from ..search.results import (
     IncludeSpec,
     parse_elements,
@@ -23,8 +23,9 @@ from ..search.results import (
     select_elements,
     summarize,
 )
+from ..search.valuesets import expand
 from ..store import ResourceVersion
-from ..store.query import Condition, Search, SortKey
+from ..store.query import Condition, Entry, Search, SortKey
 from .context import Context
 from .paging import decode_cursor, encode_cursor, page_size
 
@@ -62,7 +63,7 @@ class SearchPage:
     elements: list[str] | None = None
 
 
-def parse_request(
+async def parse_request(
     ctx: Context,
     type_: str,
     params: list[tuple[str, str]],
@@ -85,7 +86,7 @@ def parse_request(
         else:
             criteria.append((name, value))
     warnings: list[Issue] = []
-    scope = Scope(base, ctx.constraints)
+    scope = Scope(base, ctx.constraints, valuesets=await _valuesets(ctx, valueset_urls(criteria)))
     if lenient:
         criteria, warnings = _drop_unusable(type_, criteria, scope)
     search = parse(type_, criteria, scope)
@@ -105,6 +106,17 @@ def parse_request(
         warnings=tuple(warnings),
         link_params=tuple((k, v) for k, v in params if k != "_cursor" and (not lenient or _kept(k, criteria))),
     )
+
+
+async def _valuesets(ctx: Context, urls: set[str]) -> dict[str, tuple]:
+    """The stored ValueSets named by ``:in``/``:not-in``, expanded (a missing one is a 400 at parse time)."""
+    found = {}
+    for url in sorted(urls):
+        query = Search("ValueSet", (Entry("url", value=url), *ctx.constraints("ValueSet")))
+        page = await ctx.store.search_page(query, 1)
+        if page and page[0].version.body is not None:
+            found[url] = expand(loads(page[0].version.body, max_depth=10_000))
+    return found
 
 
 def compartment(owner_type: str, owner_id: str, type_: str) -> Condition:

@@ -127,7 +127,9 @@ async def _search(
     ctx = context(request)
     base = base_url(request)
     lenient = "handling=lenient" in request.headers.get("prefer", "")
-    parsed = search_interaction.parse_request(ctx, type_, params, base=base, lenient=lenient, constraints=constraints)
+    parsed = await search_interaction.parse_request(
+        ctx, type_, params, base=base, lenient=lenient, constraints=constraints
+    )
     page = await search_interaction.search(ctx, parsed)
     url = f"{base}/{path or type_}"
     kept = list(parsed.link_params)

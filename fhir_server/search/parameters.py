@@ -8,8 +8,8 @@ Index entry encoding (what each parameter type matches against) is described in 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from urllib.parse import urlsplit
 
@@ -18,6 +18,7 @@ from ..instant import date_range
 from ..store.query import AnyOf, Chain, Condition, Entry, Has, IdIn, Missing, Not, Range, Search
 from . import registry
 from .normalize import fold, number_range
+from .valuesets import Code
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 MAX_CHAIN_DEPTH = 4
@@ -46,6 +47,7 @@ class Scope:
     base: str = ""
     constraints: Callable[[str], tuple[Condition, ...]] = no_constraints
     depth: int = 0
+    valuesets: Mapping[str, tuple[Code, ...]] = field(default_factory=dict)  # url → codes, for :in/:not-in
 
     def deeper(self) -> Scope:
         if self.depth >= MAX_CHAIN_DEPTH:
@@ -86,7 +88,7 @@ def condition(type_: str, name: str, value: str, scope: Scope = Scope()) -> Cond
     if modifier and modifier not in allowed:
         raise not_supported(f"Modifier :{modifier} is not supported for {kind} parameter {code!r}")
     if modifier in ("in", "not-in"):
-        raise not_supported(f"{name}: no ValueSet is available on this server to expand for :{modifier}")
+        return _in_valueset(code, value, modifier, scope)
     values = _split(value)
     if modifier == "not":
         return Not(_any(_token(code, v, None) for v in values))
@@ -94,6 +96,19 @@ def condition(type_: str, name: str, value: str, scope: Scope = Scope()) -> Cond
     if builder is None:
         raise not_supported(f"Search parameter {code!r} of type {kind} is not supported")
     return _any(builder(definition, v, modifier, base) for v in values)
+
+
+def valueset_urls(pairs: list[tuple[str, str]]) -> set[str]:
+    """The ValueSets a query's ``:in`` / ``:not-in`` parameters name (to be fetched before parsing)."""
+    return {value for name, value in pairs if name.endswith((":in", ":not-in"))}
+
+
+def _in_valueset(code: str, url: str, modifier: str, scope: Scope) -> Condition:
+    codes = scope.valuesets.get(url)
+    if codes is None:
+        raise bad_request(f"{code}:{modifier}={url!r}: no ValueSet with that url is stored on this server")
+    matches = AnyOf(tuple(Entry(code, value=c, system=s) if c else Entry(code, system=s) for s, c in codes))
+    return Not(matches) if modifier == "not-in" else matches
 
 
 def _definition(type_: str, code: str) -> dict:
