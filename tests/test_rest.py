@@ -10,6 +10,8 @@ import httpx
 import pytest
 from conftest import fhir_client
 
+from fhir_server.validation import validate_resource
+
 FHIR = "application/fhir+json"
 BODY_LIMIT = 64 * 1024
 
@@ -56,6 +58,10 @@ async def test_metadata_is_a_capability_statement(client):
     names = {p["name"] for p in resources["Patient"]["searchParam"]}
     assert {"_id", "_lastUpdated", "identifier", "family", "birthdate", "general-practitioner"} <= names
     assert {"code": "history-system"} in cs["rest"][0]["interaction"]
+    assert "Observation:subject" in resources["Observation"]["searchInclude"]
+    assert "Observation:subject" in resources["Patient"]["searchRevInclude"]
+    assert "_filter" not in {p["name"] for p in resources["Patient"]["searchParam"]}  # not implemented: not listed
+    validate_resource(cs)  # the statement is itself valid FHIR
 
 
 # --- create / read / vread ----------------------------------------------------------------------

@@ -16,13 +16,31 @@ _INTERACTIONS = [
 ]  # fmt: skip
 
 
+# Parameters without a FHIRPath expression that the engine still implements.
+WITHOUT_EXPRESSION = ("_text", "_content")
+
+
+def _searchable(code: str, definition: dict) -> bool:
+    return definition["type"] != "special" and (bool(definition.get("expression")) or code in WITHOUT_EXPRESSION)
+
+
+@lru_cache(maxsize=1)
+def _revincludes() -> dict[str, list[str]]:
+    """target type → the ``Source:param`` references that can point at it (searchRevInclude)."""
+    table: dict[str, set[str]] = {}
+    for source in R4_RESOURCE_TYPES:
+        for code, d in parameters_of(source).items():
+            if d["type"] == "reference" and d.get("expression"):
+                for target in d.get("target", ()):
+                    table.setdefault(target, set()).add(f"{source}:{code}")
+    return {t: sorted(v) for t, v in table.items()}
+
+
 def _resource(type_: str) -> dict:
-    search = [
-        {"name": code, "definition": d["url"], "type": d["type"]}
-        for code, d in sorted(parameters_of(type_).items())
-        if d["type"] != "special"
-    ]
-    return {
+    parameters = sorted((c, d) for c, d in parameters_of(type_).items() if _searchable(c, d))
+    search = [{"name": code, "definition": d["url"], "type": d["type"]} for code, d in parameters]
+    includes = [f"{type_}:{code}" for code, d in parameters if d["type"] == "reference"]
+    entry = {
         "type": type_,
         "profile": f"http://hl7.org/fhir/StructureDefinition/{type_}",
         "interaction": [{"code": code} for code in _INTERACTIONS],
@@ -33,8 +51,11 @@ def _resource(type_: str) -> dict:
         "conditionalRead": "full-support",
         "conditionalUpdate": True,
         "conditionalDelete": "multiple",
+        "searchInclude": [*includes, f"{type_}:*"] if includes else [],
+        "searchRevInclude": _revincludes().get(type_, []),
         "searchParam": search,
     }
+    return {k: v for k, v in entry.items() if v != []}
 
 
 @lru_cache(maxsize=16)
