@@ -330,3 +330,11 @@ async def test_in_and_not_in_use_stored_valuesets(client):
     assert await ids(client, "/Patient?gender:in=http://example.org/vs/genders") == []  # gender codes carry no system
     await error(client, "/Observation?code:in=http://example.org/vs/unknown", "ValueSet")
     await error(client, "/Observation?code:in=http://example.org/vs/f", "terminology server")
+
+
+async def test_composite_with_units_and_dates(client):
+    ucum = f"|{UCUM}|mm[Hg]"
+    assert await ids(client, f"/Observation?code-value-quantity={LOINC}|8480-6$gt140{ucum}") == ["bp2"]
+    assert await ids(client, f"/Observation?code-value-quantity=8480-6$lt120{ucum}") == ["bp1"]
+    assert await ids(client, f"/Observation?code-value-quantity={LOINC}|8480-6$gt140|{UCUM}|kg") == []
+    await error(client, "/Observation?code-value-quantity=8480-6", "component")

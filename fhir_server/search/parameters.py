@@ -307,20 +307,29 @@ def _uri(definition: dict, value: str, modifier: str, base: str) -> Condition:
 
 
 def _composite(definition: dict, value: str, modifier: str, base: str) -> Condition:
+    """``token$second`` against entries value=``system|code``, system/low/high from the second component."""
     code = definition["code"]
     first, sep, second = value.partition("$")
-    if not sep:
-        raise bad_request(f"{code}={value!r}: a composite value is component$component")
+    components = definition.get("component", ())
+    if not sep or not second or "$" in second or len(components) != 2:
+        raise bad_request(f"{code}={value!r}: expected two components, first$second")
     # The token part is stored as "system|code"; a bare code matches it in any system.
     token = {"value": first} if "|" in first else {"value_contains": f"|{first}"}
-    prefix, raw = _prefix(second)
-    try:
-        number = Decimal(raw)
-    except InvalidOperation:
-        return Entry(code, system=fold(second), **token)
-    low, high = number_range(number)
-    ranged = _ranges(prefix, low, high, abs(float(number)) * 0.1)
-    return _with_code(ranged, code, **token)
+    second_type = (registry.by_url().get(components[1].get("definition", "")) or {}).get("type")
+    if second_type in ("quantity", "number", "date"):
+        builder = {"quantity": _quantity, "number": _number, "date": _date}[second_type]
+        ranged = builder({"code": code}, second, "", base)
+        system = _quantity_units(second) if second_type == "quantity" else None
+        return _with_code(ranged, code, **token, **({"system": system} if system else {}))
+    if second_type == "token" and "|" not in second:
+        raise bad_request(f"{code}={value!r}: give the second component as system|code")
+    return Entry(code, system=second if second_type == "reference" else fold(second), **token)
+
+
+def _quantity_units(value: str) -> str | None:
+    """``5.4|http://unitsofmeasure.org|mg`` → ``http://unitsofmeasure.org|mg`` (how composites store units)."""
+    parts = value.split("|")
+    return f"{parts[1]}|{parts[2]}" if len(parts) == 3 and parts[1] and parts[2] else None
 
 
 _BUILDERS = {

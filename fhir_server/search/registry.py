@@ -34,3 +34,9 @@ def parameters_of(type_: str) -> dict[str, dict]:
     """Every parameter usable on a type: its own and the common ``Resource`` ones."""
     table = by_type()
     return {**table.get("Resource", {}), **table.get(type_, {})}
+
+
+@lru_cache(maxsize=1)
+def by_url() -> dict[str, dict]:
+    """canonical url → definition (composite components name their parts by url)."""
+    return {d["url"]: d for d in definitions()}
