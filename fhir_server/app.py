@@ -6,17 +6,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from . import __version__
 from .config import Settings
 from .interactions import Context
 from .interactions.definitions import load_search_parameters
 from .rest import errors, routes
+from .rest.fastpath import ReadFastPath
 from .store import open_store
 from .validation import warm_up
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> ASGIApp:
     settings = settings or Settings()
     store = open_store(settings.store, write_concern=settings.mongo_write_concern)
 
@@ -39,14 +41,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.context = Context(store=store, settings=settings)
     errors.install(app)
     app.include_router(routes.router)
-    return app
+    return FhirApp(app)
 
 
-def app_from_env() -> FastAPI:
+class FhirApp(ReadFastPath):
+    """The FastAPI app behind the read fast path; ``.app`` and ``.state`` reach the FastAPI app."""
+
+    def __init__(self, app: FastAPI) -> None:
+        super().__init__(app, app.state)
+        self.fastapi = app
+
+    @property
+    def state(self):  # tests and tools reach settings/context through app.state
+        return self.fastapi.state
+
+    @property
+    def router(self):
+        return self.fastapi.router
+
+
+def app_from_env() -> ASGIApp:
     """Factory for uvicorn workers: settings come from FHIR_SERVER_* variables."""
     return create_app(Settings())

@@ -464,3 +464,26 @@ async def test_concurrent_read_modify_write_of_one_resource(store: Store) -> Non
     assert final is not None and final.version == 1 + len(landed)
     assert await store.count_history(HistoryQuery("Patient", "p1")) == 1 + len(landed)
     assert await store.find_ids(q((tok("n", str(final.version)),)), 10) == ["p1"]
+
+
+async def test_a_failing_unit_among_concurrent_ones_fails_alone(store: Store) -> None:
+    """Units of work that run together (SQLite commits them as a group) stay independent."""
+
+    class Refused(Exception):
+        pass
+
+    async def failing(tx: Transaction) -> None:
+        await tx.put(version("Patient", "bad", 1, T0), [IndexEntry("name", "bad")])
+        raise Refused
+
+    results = await asyncio.gather(
+        put(store, version("Patient", "a", 1, T0)),
+        store.transact(failing),
+        put(store, version("Patient", "b", 1, T0)),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], Refused)
+    assert not isinstance(results[0], Exception) and not isinstance(results[2], Exception)
+    assert await store.read_current("Patient", "bad") is None
+    assert await store.find_ids(q(), 10) == ["a", "b"]
+    assert await store.count_history(HistoryQuery("Patient")) == 2

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -71,12 +71,18 @@ class Branch:
     ``type`` is a FHIR type name (``Quantity``, ``dateTime``; ``boolean`` for operators' results), a
     backbone element path (``Observation.component``), ``Resource`` for contained/entry resources, or
     ``*`` when only known at run time (fhirpathpy fallback, exists() over mixed choice types).
+    ``path`` names the element definition the values come from, as the type defining it spells it
+    (``Patient.gender``, ``Address.use``, ``Observation.value[x]``): what its binding is looked up by.
     """
 
     fn: Step
     type: str
     head: str | None = None  # the first key read from each focus item: no key, no values
     total: bool = False  # yields values from an empty focus too (exists(), literals, %resource)
+    path: str | None = None  # the element read (``Patient.contact.gender``), FOCUS for a filter of its input
+
+
+FOCUS = "$this"  # Branch.path of steps that keep (a part of) their input: where(), first(), as, [n]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -248,6 +254,23 @@ def _primitive(type_name: str) -> str:
 
 
 @lru_cache(maxsize=4096)
+def element_path(type_: str, name: str) -> str | None:
+    """The path of element ``name`` of ``type_`` in the type that defines it: ``(Patient, language)`` →
+    ``Resource.language``, ``(Age, comparator)`` → ``Quantity.comparator``; choices end in ``[x]``."""
+    found, current = None, type_
+    while current:  # the model repeats inherited elements under each type: keep the topmost
+        path = f"{current}.{name}"
+        if path in _ELSEWHERE or path in _PATH2TYPE or path in _BACKBONES:
+            found = path
+        elif path in _CHOICES:
+            found = path + "[x]"
+        elif found is not None:
+            break
+        current = _PARENT.get(current, "")
+    return found
+
+
+@lru_cache(maxsize=4096)
 def element(type_: str, name: str) -> tuple[tuple[str, str], ...] | None:
     """The (JSON key, FHIR type) pairs of element ``name`` of ``type_``: several for a choice element."""
     current: str | None = type_
@@ -377,12 +400,13 @@ def _merge(branches: list[Branch]) -> Step:
 
 def then(first: Branch, second: Branch) -> Branch:
     """``second`` applied to the values of ``first``."""
+    path = first.path if second.path == FOCUS else second.path
     if first.fn is _identity:
-        return second
+        return second if path == second.path else replace(second, path=path)
     if not second.total:
-        return Branch(_chain([first.fn, second.fn]), second.type, first.head, first.total)
+        return Branch(_chain([first.fn, second.fn]), second.type, first.head, first.total, path)
     first_fn, second_fn = first.fn, second.fn
-    return Branch(lambda items, root: second_fn(first_fn(items, root), root), second.type, None, True)
+    return Branch(lambda items, root: second_fn(first_fn(items, root), root), second.type, None, True, path)
 
 
 _AGGREGATES = frozenset({"exists", "first"})
@@ -397,8 +421,14 @@ def compile_node(node: tuple, in_type: str, root_type: str) -> list[Branch]:
         lefts = compile_node(node[1], in_type, root_type)
         if node[2][0] == "call" and node[2][1] in _AGGREGATES and len(lefts) > 1:
             # exists()/first() see the whole collection, not each choice branch separately.
-            types = {b.type for b in lefts}
-            lefts = [Branch(_merge(lefts), types.pop() if len(types) == 1 else "*")]
+            types, paths = {b.type for b in lefts}, {b.path for b in lefts}
+            lefts = [
+                Branch(
+                    _merge(lefts),
+                    types.pop() if len(types) == 1 else "*",
+                    path=paths.pop() if len(paths) == 1 else None,
+                )
+            ]
         out = []
         for left in lefts:
             out.extend(then(left, right) for right in compile_node(node[2], left.type, root_type))
@@ -423,11 +453,12 @@ def _compile_name(name: str, in_type: str) -> list[Branch]:
         raise CompileError(f"navigation into a run-time typed {in_type}: {name}")
     found = element(in_type, name)
     if found is not None:
-        return [Branch(_nav(key), type_, key) for key, type_ in found]
+        path = element_path(in_type, name)
+        return [Branch(_nav(key), type_, key, path=path) for key, type_ in found]
     if name in _PARENT or name in ("Resource", "DomainResource"):
         # A leading type name: the focus if it is of that type; else nothing (drops union members
         # naming other resource types).
-        return [Branch(_identity, in_type)] if is_a(in_type, name) else []
+        return [Branch(_identity, in_type, path=FOCUS)] if is_a(in_type, name) else []
     raise CompileError(f"{in_type} has no element {name!r}")
 
 
@@ -439,7 +470,7 @@ def _compile_as(branches: list[Branch], type_name: str) -> list[Branch]:
             out.append(b)
         elif b.type == "Resource" and type_name in RESOURCE_TYPES:
             is_rt = _filter(lambda r, _root, rt=type_name: r.__class__ is dict and r.get("resourceType") == rt)
-            out.append(Branch(_chain([b.fn, is_rt]), type_name, b.head))
+            out.append(Branch(_chain([b.fn, is_rt]), type_name, b.head, path=b.path))
     return out
 
 
@@ -452,14 +483,14 @@ def _compile_index(branches: list[Branch], index: int) -> list[Branch]:
         found = fn(items, root)
         return found[index : index + 1]
 
-    return [Branch(step, branches[0].type, branches[0].head)]
+    return [Branch(step, branches[0].type, branches[0].head, path=branches[0].path)]
 
 
 def _compile_call(name: str, args: tuple, in_type: str, root_type: str) -> list[Branch]:
     if name in ("as", "ofType") and len(args) == 1 and args[0][0] == "name":
-        return _compile_as([Branch(_identity, in_type)], args[0][1])
+        return _compile_as([Branch(_identity, in_type, path=FOCUS)], args[0][1])
     if name == "where" and len(args) == 1:
-        return [Branch(_filter(_compile_predicate(args[0], in_type, root_type)), in_type)]
+        return [Branch(_filter(_compile_predicate(args[0], in_type, root_type)), in_type, path=FOCUS)]
     if name == "extension" and len(args) == 1 and args[0][0] == "lit":
         url = args[0][1]
         ext = _nav("extension")
@@ -468,7 +499,7 @@ def _compile_call(name: str, args: tuple, in_type: str, root_type: str) -> list[
     if name == "exists" and not args:
         return [Branch(lambda items, root: [bool(items)], "boolean", None, True)]
     if name == "first" and not args:
-        return [Branch(lambda items, root: items[:1], in_type)]
+        return [Branch(lambda items, root: items[:1], in_type, path=FOCUS)]
     raise CompileError(f"function {name}() with {len(args)} argument(s)")
 
 

@@ -7,6 +7,8 @@ encoding per search parameter type is documented in ``indexing``.
 
 from __future__ import annotations
 
+import html
+import re
 import unicodedata
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -199,11 +201,11 @@ def contact_point_rows(param: str, value: Any) -> list[Row]:
     return [(param, value["value"], _str(value.get("system")), None, None)]
 
 
-def code_rows(param: str, value: Any) -> list[Row]:
-    """A code/string/id/uri used as a token: no system (the binding's system is not looked up)."""
+def code_rows(param: str, value: Any, system: str | None = None) -> list[Row]:
+    """A code/string/id/uri used as a token; ``system``: the CodeSystem a required binding implies."""
     if value.__class__ is not str or not value:
         return []
-    return [(param, value, None, None, None)]
+    return [(param, value, system, None, None)]
 
 
 def boolean_rows(param: str, value: Any) -> list[Row]:
@@ -212,6 +214,37 @@ def boolean_rows(param: str, value: Any) -> list[Row]:
     if value is False:
         return [(param, "false", None, None, None)]
     return []
+
+
+# ---------------------------------------------------------------------------------------------------
+# _text / _content: folded words
+# ---------------------------------------------------------------------------------------------------
+
+MAX_WORDS = 300  # distinct words kept per parameter per resource, the first ones in document order
+_TAG = re.compile(r"<[^>]*>")
+_WORD = re.compile(r"[^\W_]+")  # a run of letters/digits
+
+
+def xhtml_text(div: str) -> str:
+    """The text of an XHTML fragment: tags (and comments) become spaces, entities are decoded
+    (``&amp;``, ``&nbsp;``, ``&eacute;``, ``&#233;``, ``&#xE9;``)."""
+    text = _TAG.sub(" ", div)
+    return html.unescape(text) if "&" in text else text
+
+
+def words(text: str) -> list[str]:
+    """The folded words of ``text``: runs of letters/digits of ``fold(text)`` (``L'Hôpital`` → l, hopital)."""
+    return _WORD.findall(text.lower() if text.isascii() else fold(text))
+
+
+def add_words(found: dict[str, None], text: str, limit: int = MAX_WORDS) -> bool:
+    """Add the new words of ``text`` to ``found`` (insertion-ordered) up to ``limit``; False once full."""
+    for word in _WORD.findall(text.lower() if text.isascii() else fold(text)):
+        if word not in found:
+            if len(found) >= limit:
+                return False
+            found[word] = None
+    return len(found) < limit
 
 
 # ---------------------------------------------------------------------------------------------------

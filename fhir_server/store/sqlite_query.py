@@ -74,6 +74,8 @@ class Compiler:
         elif entry.system is not None:
             where.append(f"{s}.system = ?")
             self.args.append(entry.system)
+        if entry.ranges:
+            where.append(f"{s}.low IS NOT NULL")  # lets the planner use the partial range index
         for r in entry.ranges:
             where.append(f"{s}.{r.field} {r.op} ?")
             self.args.append(r.bound)
