@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     app.state.settings = settings
     app.state.context = Context(store=store, settings=settings)
     errors.install(app)
-    app.include_router(routes.router)
+    app.router.routes.extend(routes.routes)
     return FhirApp(app)
 
 

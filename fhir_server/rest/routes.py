@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl, urlencode
 
-from fastapi import APIRouter
 from orjson import Fragment
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from ..errors import bad_request, not_found, unsupported_media_type
 from ..instant import from_http_date
@@ -27,7 +28,21 @@ from .responses import (
     write_response,
 )
 
-router = APIRouter()
+# Plain Starlette routes, not FastAPI's: FHIR endpoints take no typed parameters, and FastAPI's
+# dependency solving would cost more than the work of a read (measured: about half of it).
+routes: list[Route] = []
+
+
+def route(path: str, method: str) -> Callable:
+    def register(endpoint: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+        async def handle(request: Request) -> Response:
+            return await endpoint(request, **request.path_params)
+
+        routes.append(Route(path, handle, methods=[method], name=endpoint.__name__))
+        return endpoint
+
+    return register
+
 
 # Parameters every interaction accepts (http://hl7.org/fhir/R4/http.html#parameters).
 GENERAL = ("_format", "_pretty")
@@ -68,22 +83,22 @@ def _not_modified(request: Request, version: ResourceVersion) -> bool:
     return False
 
 
-@router.get("/metadata")
+@route("/metadata", "GET")
 async def metadata(request: Request) -> Response:
     return fhir_response(request, capability_statement(base_url(request)))
 
 
-@router.get("/_history")
+@route("/_history", "GET")
 async def history_system(request: Request) -> Response:
     return await _history(request, None, None, "_history")
 
 
-@router.get("/{type_name}/_history")
+@route("/{type_name}/_history", "GET")
 async def history_type(request: Request, type_name: str) -> Response:
     return await _history(request, resource_type(type_name), None, f"{type_name}/_history")
 
 
-@router.get("/{type_name}/{resource_id}/_history")
+@route("/{type_name}/{resource_id}/_history", "GET")
 async def history_instance(request: Request, type_name: str, resource_id: str) -> Response:
     path = f"{type_name}/{resource_id}/_history"
     return await _history(request, resource_type(type_name), resource_id, path)
@@ -101,12 +116,12 @@ async def _history(request: Request, type_: str | None, id_: str | None, path: s
     return fhir_response(request, bundle("history", entries, total=page.total, links=links))
 
 
-@router.get("/{type_name}")
+@route("/{type_name}", "GET")
 async def search_type(request: Request, type_name: str) -> Response:
     return await _search(request, resource_type(type_name), criteria(request))
 
 
-@router.post("/{type_name}/_search")
+@route("/{type_name}/_search", "POST")
 async def search_type_post(request: Request, type_name: str) -> Response:
     """POST _search: form-encoded parameters (and any in the URL), same answer as GET."""
     type_ = resource_type(type_name)
@@ -154,7 +169,7 @@ def _search_entry(base: str, version: ResourceVersion, mode: str, page: search_i
     return entry
 
 
-@router.get("/{compartment}/{owner_id}/{type_name}")
+@route("/{compartment}/{owner_id}/{type_name}", "GET")
 async def search_compartment(request: Request, compartment: str, owner_id: str, type_name: str) -> Response:
     """Compartment search, e.g. ``GET /Patient/123/Observation?code=…``."""
     type_ = resource_type(type_name)
@@ -163,13 +178,13 @@ async def search_compartment(request: Request, compartment: str, owner_id: str, 
     return await _search(request, type_, criteria(request), (constraint,), path)
 
 
-@router.get("/{type_name}/{resource_id}/_history/{version_id}")
+@route("/{type_name}/{resource_id}/_history/{version_id}", "GET")
 async def vread(request: Request, type_name: str, resource_id: str, version_id: str) -> Response:
     found = await crud.vread(context(request), resource_type(type_name), resource_id, version_id)
     return fhir_response(request, found.body, headers=version_headers(found))
 
 
-@router.get("/{type_name}/{resource_id}")
+@route("/{type_name}/{resource_id}", "GET")
 async def read(request: Request, type_name: str, resource_id: str) -> Response:
     found = await crud.read(context(request), resource_type(type_name), resource_id)
     if _not_modified(request, found):
@@ -177,7 +192,7 @@ async def read(request: Request, type_name: str, resource_id: str) -> Response:
     return fhir_response(request, found.body, headers=version_headers(found))
 
 
-@router.post("/{type_name}")
+@route("/{type_name}", "POST")
 async def create(request: Request, type_name: str) -> Response:
     type_ = resource_type(type_name)
     resource = await read_resource(request)
@@ -185,7 +200,7 @@ async def create(request: Request, type_name: str) -> Response:
     return write_response(request, result.version, 201 if result.created else 200)
 
 
-@router.put("/{type_name}/{resource_id}")
+@route("/{type_name}/{resource_id}", "PUT")
 async def update(request: Request, type_name: str, resource_id: str) -> Response:
     type_ = resource_type(type_name)
     resource = await read_resource(request)
@@ -193,7 +208,7 @@ async def update(request: Request, type_name: str, resource_id: str) -> Response
     return write_response(request, result.version, 201 if result.created else 200)
 
 
-@router.put("/{type_name}")
+@route("/{type_name}", "PUT")
 async def conditional_update(request: Request, type_name: str) -> Response:
     type_ = resource_type(type_name)
     resource = await read_resource(request)
@@ -201,7 +216,7 @@ async def conditional_update(request: Request, type_name: str) -> Response:
     return write_response(request, result.version, 201 if result.created else 200)
 
 
-@router.delete("/{type_name}/{resource_id}")
+@route("/{type_name}/{resource_id}", "DELETE")
 async def delete(request: Request, type_name: str, resource_id: str) -> Response:
     type_ = resource_type(type_name)
     deleted = await crud.delete(context(request), type_, resource_id, request.headers.get("if-match"))
@@ -209,7 +224,7 @@ async def delete(request: Request, type_name: str, resource_id: str) -> Response
     return Response(status_code=204, headers=headers)
 
 
-@router.delete("/{type_name}")
+@route("/{type_name}", "DELETE")
 async def conditional_delete(request: Request, type_name: str) -> Response:
     type_ = resource_type(type_name)
     await crud.conditional_delete(context(request), type_, criteria(request))
