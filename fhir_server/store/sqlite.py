@@ -11,6 +11,7 @@ import asyncio
 import sqlite3
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -106,49 +107,78 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+def _rollback_if_open(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+def _settle(done: list[tuple[asyncio.Future, object, BaseException | None]]) -> None:
+    for future, result, error in done:
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
+def _rollback_unit(conn: sqlite3.Connection) -> None:
+    conn.execute("ROLLBACK TO unit")
+    conn.execute("RELEASE unit")
+
+
+def _current(conn: sqlite3.Connection, type_: str, id_: str) -> ResourceVersion | None:
+    row = conn.execute(_CURRENT, (type_, id_)).fetchone()
+    return _row_to_version(row) if row else None
+
+
+def _put(conn: sqlite3.Connection, version: ResourceVersion, entries: Sequence[IndexEntry]) -> None:
+    row = conn.execute("SELECT version FROM resource WHERE type = ? AND id = ?", (version.type, version.id)).fetchone()
+    current = row[0] if row else 0
+    if version.version != current + 1:
+        raise VersionConflict(f"{version.type}/{version.id}: version {current} is current")
+    conn.execute(
+        "INSERT INTO resource_version (type, id, version, last_updated, method, body) VALUES (?, ?, ?, ?, ?, ?)",
+        (version.type, version.id, version.version, version.last_updated, version.method, version.body),
+    )
+    if current:
+        conn.execute(
+            "UPDATE resource_version SET superseded = ? WHERE type = ? AND id = ? AND version = ?",
+            (version.last_updated, version.type, version.id, current),
+        )
+    conn.execute(
+        "INSERT INTO resource (type, id, version, deleted) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (type, id) DO UPDATE SET version = excluded.version, deleted = excluded.deleted",
+        (version.type, version.id, version.version, int(version.deleted)),
+    )
+    if current:
+        conn.execute("DELETE FROM search_index WHERE type = ? AND id = ?", (version.type, version.id))
+    if entries and not version.deleted:
+        conn.executemany(
+            "INSERT INTO search_index (type, id, param, value, system, low, high) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(version.type, version.id, e.param, e.value, e.system, e.low, e.high) for e in entries],
+        )
+
+
 class SQLiteTransaction(Transaction):
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    """Every statement runs on the writer thread: SQLite works (and waits for the disk) outside the GIL
+    there, while the event loop goes on parsing and validating the next requests."""
+
+    def __init__(self, conn: sqlite3.Connection, run: Callable[..., Awaitable]) -> None:
         self._conn = conn
+        self._run = run
 
     async def read_current(self, type_: str, id_: str) -> ResourceVersion | None:
-        row = self._conn.execute(_CURRENT, (type_, id_)).fetchone()
-        return _row_to_version(row) if row else None
+        return await self._run(_current, self._conn, type_, id_)
 
     async def find_ids(self, query: StoreQuery | Search, limit: int) -> list[str]:
-        return _find_ids(self._conn, query, limit)
+        return await self._run(_find_ids, self._conn, query, limit)
 
     async def put(self, version: ResourceVersion, entries: Sequence[IndexEntry]) -> None:
-        conn = self._conn
-        row = conn.execute(
-            "SELECT version FROM resource WHERE type = ? AND id = ?", (version.type, version.id)
-        ).fetchone()
-        current = row[0] if row else 0
-        if version.version != current + 1:
-            raise VersionConflict(f"{version.type}/{version.id}: version {current} is current")
-        conn.execute(
-            "INSERT INTO resource_version (type, id, version, last_updated, method, body) VALUES (?, ?, ?, ?, ?, ?)",
-            (version.type, version.id, version.version, version.last_updated, version.method, version.body),
-        )
-        if current:
-            conn.execute(
-                "UPDATE resource_version SET superseded = ? WHERE type = ? AND id = ? AND version = ?",
-                (version.last_updated, version.type, version.id, current),
-            )
-        conn.execute(
-            "INSERT INTO resource (type, id, version, deleted) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (type, id) DO UPDATE SET version = excluded.version, deleted = excluded.deleted",
-            (version.type, version.id, version.version, int(version.deleted)),
-        )
-        if current:
-            conn.execute("DELETE FROM search_index WHERE type = ? AND id = ?", (version.type, version.id))
-        if entries and not version.deleted:
-            conn.executemany(
-                "INSERT INTO search_index (type, id, param, value, system, low, high) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(version.type, version.id, e.param, e.value, e.system, e.low, e.high) for e in entries],
-            )
+        await self._run(_put, self._conn, version, entries)
 
     async def replace_entries(self, version: ResourceVersion, entries: Sequence[IndexEntry]) -> None:
-        _replace_entries(self._conn, version, entries)
+        await self._run(_replace_entries, self._conn, version, entries)
 
 
 def _replace_entries(conn: sqlite3.Connection, version: ResourceVersion, entries: Sequence[IndexEntry]) -> None:
@@ -211,6 +241,7 @@ class SQLiteStore(Store):
         self._reader: sqlite3.Connection | None = None
         self._pending: deque[tuple[Callable, asyncio.Future]] = deque()
         self._batcher: asyncio.Task | None = None
+        self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
 
     async def start(self) -> None:
         if self._writer is not None:
@@ -229,6 +260,7 @@ class SQLiteStore(Store):
             await asyncio.gather(self._batcher, return_exceptions=True)
         for conn in {id(c): c for c in (self._reader, self._writer) if c is not None}.values():
             conn.close()
+        self._writer_thread.shutdown(wait=True)
         self._writer = self._reader = None
 
     @property
@@ -341,43 +373,39 @@ class SQLiteStore(Store):
             self._batcher = asyncio.create_task(self._run_batches(self._writer))
         return await future
 
+    async def _on_writer(self, fn: Callable, *args: object) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._writer_thread, fn, *args)
+
     async def _run_batches(self, conn: sqlite3.Connection) -> None:
         while self._pending:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                self._fail_pending(StoreUnavailable(f"database is busy: {exc}"))
-                return
             done: list[tuple[asyncio.Future, object, BaseException | None]] = []
-            while self._pending and len(done) < MAX_BATCH:
-                work, future = self._pending.popleft()
-                done.append((future, *await self._run_one(conn, work)))
-                if not self._pending:
-                    await asyncio.sleep(0)  # let requests already in flight join this batch
             try:
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                conn.execute("ROLLBACK")
-                error = StoreUnavailable(f"commit failed: {exc}")
-                done = [(f, None, r if isinstance(r, BaseException) else error) for f, _, r in done]
-            for future, result, error in done:
-                if future.cancelled():
-                    continue
-                if error is not None:
-                    future.set_exception(error)
-                else:
-                    future.set_result(result)
+                await self._on_writer(conn.execute, "BEGIN IMMEDIATE")
+                while self._pending and len(done) < MAX_BATCH:
+                    work, future = self._pending.popleft()
+                    done.append((future, *await self._run_one(conn, work, self._on_writer)))
+                    if not self._pending:
+                        await asyncio.sleep(0)  # let requests already in flight join this batch
+                await self._on_writer(conn.execute, "COMMIT")
+            except BaseException as exc:  # nothing committed: every caller of the batch learns it
+                await self._on_writer(_rollback_if_open, conn)
+                error = StoreUnavailable(f"write failed, nothing was committed: {exc}")
+                _settle([(f, None, e if e is not None else error) for f, _, e in done])
+                self._fail_pending(error)
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            _settle(done)
 
     @staticmethod
-    async def _run_one(conn: sqlite3.Connection, work: Callable) -> tuple[object, BaseException | None]:
-        conn.execute("SAVEPOINT unit")
+    async def _run_one(conn: sqlite3.Connection, work: Callable, run: Callable) -> tuple[object, BaseException | None]:
+        await run(conn.execute, "SAVEPOINT unit")
         try:
-            result = await work(SQLiteTransaction(conn))
+            result = await work(SQLiteTransaction(conn, run))
         except BaseException as exc:
-            conn.execute("ROLLBACK TO unit")
-            conn.execute("RELEASE unit")
+            await run(_rollback_unit, conn)
             return None, exc
-        conn.execute("RELEASE unit")
+        await run(conn.execute, "RELEASE unit")
         return result, None
 
     def _fail_pending(self, error: Exception) -> None:
