@@ -90,7 +90,9 @@ def test_chained_search_with_include(client):
     assert sorted(o.id for o in search.fetch()) == ["obs-f1", "obs-h1", "obs-h2", "obs-n1"]
 
     # accents: the query value is sent percent-encoded UTF-8, matched accent- and case-insensitively
-    lefevre = client.resources("Observation").search(subject__Patient__family="LEFÈVRE").include("Observation", "subject")
+    lefevre = (
+        client.resources("Observation").search(subject__Patient__family="LEFÈVRE").include("Observation", "subject")
+    )
     assert _entries(lefevre.fetch_raw()) == [("include", "Patient", "zoe"), ("match", "Observation", "obs-z1")]
     exact = client.resources("Patient").search(family__exact="Lefèvre")
     assert [p.id for p in exact.fetch()] == ["zoe"]
