@@ -158,7 +158,7 @@ async def test_chains_and_has(client):
     assert await ids(client, "/Patient?_has:Observation:subject:value-quantity=gt140") == ["marc"]
     assert await ids(client, "/Patient?_has:Observation:patient:code=8480-6") == ["helene", "marc"]
     await error(client, "/Observation?subject.nonsense=1", "nonsense")
-    await error(client, "/Patient?_has:Observation:subject", "_has")
+    await error(client, "/Patient?_has:Observation:subject=x", "_has")
 
 
 async def test_strictness_and_lenient(client):
@@ -316,7 +316,8 @@ async def test_caller_constraints_apply_inside_the_store_query(client):
 
 
 async def test_in_and_not_in_use_stored_valuesets(client):
-    systolic = {"resourceType": "ValueSet", "id": "systolic", "url": "http://example.org/vs/systolic", "status": "active",
+    systolic = {"resourceType": "ValueSet", "id": "systolic", "url": "http://example.org/vs/systolic",
+                "status": "active",
                 "compose": {"include": [{"system": LOINC, "concept": [{"code": "8480-6"}]}]}}  # fmt: skip
     whole = {"resourceType": "ValueSet", "id": "genders", "url": "http://example.org/vs/genders", "status": "active",
              "compose": {"include": [{"system": "http://hl7.org/fhir/administrative-gender"}]}}  # fmt: skip

@@ -162,9 +162,10 @@ async def _search(
 
 def _search_entry(base: str, version: ResourceVersion, mode: str, page: search_interaction.SearchPage) -> dict:
     entry = bundle_entry(base, version)
-    if page.summary != "false" or page.elements is not None:
+    elements = page.elements if mode == "match" else None  # _elements does not apply to includes
+    if page.summary != "false" or elements is not None:
         assert version.body is not None
-        entry["resource"] = Fragment(search_interaction.shape(version.body, page.summary, page.elements))
+        entry["resource"] = Fragment(search_interaction.shape(version.body, page.summary, elements))
     entry["search"] = {"mode": mode}
     return entry
 

@@ -57,7 +57,7 @@ class Scope:
 
 def parse(type_: str, pairs: list[tuple[str, str]], scope: Scope = Scope()) -> Search:
     """The conjunction of every (name, value) pair: repeated names AND, commas inside a value OR."""
-    return Search(type_, tuple(condition(type_, name, value, scope) for name, value in pairs))
+    return Search(type_, tuple(condition(type_, name, value, scope) for name, value in pairs if value != ""))
 
 
 def _linked(type_: str, pairs: list[tuple[str, str]], scope: Scope) -> Search:
@@ -90,6 +90,8 @@ def condition(type_: str, name: str, value: str, scope: Scope = Scope()) -> Cond
     if modifier in ("in", "not-in"):
         return _in_valueset(code, value, modifier, scope)
     values = _split(value)
+    if kind not in ("token", "quantity", "composite"):  # only these give "|" or "$" a meaning
+        values = [_unescape(v) for v in values]
     if modifier == "not":
         return Not(_any(_token(code, v, None) for v in values))
     builder = _BUILDERS.get(kind)
@@ -121,11 +123,14 @@ def _definition(type_: str, code: str) -> dict:
 
 
 def _split(value: str) -> list[str]:
-    """Comma = OR; ``\\,`` is a literal comma (search.html#escaping)."""
+    """Comma = OR (search.html#escaping): ``\\,`` and ``\\\\`` are literal; ``\\|`` and ``\\$`` stay escaped
+    for the token and composite splits; any other escape is illegal."""
     parts, current, escaped = [], [], False
     for ch in value:
         if escaped:
-            current.append(ch)
+            if ch not in ",|$\\":
+                raise bad_request(f"Illegal escape '\\{ch}' in {value!r}: only \\, \\| \\$ and \\\\ are defined")
+            current.append(ch if ch in ",\\" else "\\" + ch)
             escaped = False
         elif ch == "\\":
             escaped = True
@@ -134,10 +139,26 @@ def _split(value: str) -> list[str]:
             current = []
         else:
             current.append(ch)
+    if escaped:
+        raise bad_request(f"Dangling escape at the end of {value!r}")
     parts.append("".join(current))
     if any(p == "" for p in parts):
         raise bad_request(f"Empty value in {value!r}")
     return parts
+
+
+def _cut(value: str, separator: str) -> tuple[str, str | None]:
+    """Split at the first unescaped ``separator`` (``|`` or ``$``), unescaping both sides."""
+    index = 0
+    while (index := value.find(separator, index)) != -1:
+        if index == 0 or value[index - 1] != "\\":
+            return _unescape(value[:index]), _unescape(value[index + 1 :])
+        index += 1
+    return _unescape(value), None
+
+
+def _unescape(value: str) -> str:
+    return value.replace("\\|", "|").replace("\\$", "$")
 
 
 def _any(conditions) -> Condition:
@@ -168,9 +189,10 @@ def _token(code: str, value: str, modifier: str | None) -> Condition:
         if value.count("|") != 2:
             raise bad_request(f"{code}:of-type={value!r}: expected system|code|value")
         return Entry(f"{code}:of-type", value=value)
-    if "|" not in value:
-        return Entry(code, value=value)
-    system, token = value.split("|", 1)
+    system_part, rest = _cut(value, "|")
+    if rest is None:
+        return Entry(code, value=system_part)
+    system, token = system_part, rest
     if not token:
         return Entry(code, system=system)
     if not system:
@@ -298,6 +320,8 @@ def _quantity(definition: dict, value: str, modifier: str, base: str) -> Conditi
 
 def _uri(definition: dict, value: str, modifier: str, base: str) -> Condition:
     code = definition["code"]
+    if modifier in ("below", "above") and not urlsplit(value).netloc:
+        return Entry(code, value=value)  # :above/:below are for URLs, not URNs (search.html#uri)
     if modifier == "below":
         return Entry(code, value_prefix=value)
     if modifier == "above":
