@@ -79,15 +79,22 @@ async def create(ctx: Context, type_: str, resource: object, if_none_exist: str 
     query = parse_criteria_string(type_, if_none_exist) if if_none_exist else None
 
     async def work(tx: Transaction) -> ResourceResult:
-        if query is not None:
-            found = await _single_match(tx, query)
-            if found is not None:
-                existing = await tx.read_current(type_, found)
-                assert existing is not None
-                return ResourceResult(existing, created=False)
-        return ResourceResult(await _write(tx, type_, new_id(), resource, "POST", None), created=True)
+        return await create_in(tx, type_, resource, query)
 
     return await _transact(ctx, work)
+
+
+async def create_in(
+    tx: Transaction, type_: str, resource: dict, query: Search | None = None, id_: str | None = None
+) -> ResourceResult:
+    """Create inside a unit of work (``id_``: pre-assigned, as a transaction Bundle does)."""
+    if query is not None:
+        found = await _single_match(tx, query)
+        if found is not None:
+            existing = await tx.read_current(type_, found)
+            assert existing is not None
+            return ResourceResult(existing, created=False)
+    return ResourceResult(await _write(tx, type_, id_ or new_id(), resource, "POST", None), created=True)
 
 
 async def read(ctx: Context, type_: str, id_: str) -> ResourceVersion:
@@ -125,12 +132,12 @@ async def update(ctx: Context, type_: str, id_: str, resource: object, if_match:
     expected = _parse_etag(if_match) if if_match else None
 
     async def work(tx: Transaction) -> ResourceResult:
-        return await _update_in(tx, type_, id_, resource, expected)
+        return await update_in(tx, type_, id_, resource, expected)
 
     return await _transact(ctx, work)
 
 
-async def _update_in(tx: Transaction, type_: str, id_: str, resource: dict, expected: int | None) -> ResourceResult:
+async def update_in(tx: Transaction, type_: str, id_: str, resource: dict, expected: int | None) -> ResourceResult:
     current = await tx.read_current(type_, id_)
     if expected is not None and (current is None or current.deleted or current.version != expected):
         have = "no current version" if current is None or current.deleted else f"version {current.version}"
@@ -145,22 +152,25 @@ async def conditional_update(
     resource = check_resource_type(resource, type_)
     validate_resource(resource)
     query = _criteria(type_, criteria)
-    body_id = resource.get("id")
 
     async def work(tx: Transaction) -> ResourceResult:
-        found = await _single_match(tx, query)
-        if found is None:
-            id_ = body_id or new_id()
-        elif body_id is not None and body_id != found:
-            raise bad_request(
-                f"The body id {body_id!r} differs from the matching resource {type_}/{found}",
-                expression=("id",),
-            )
-        else:
-            id_ = found
-        return await _update_in(tx, type_, id_, {**resource, "id": id_}, None)
+        return await conditional_update_in(tx, type_, query, resource)
 
     return await _transact(ctx, work)
+
+
+async def conditional_update_in(tx: Transaction, type_: str, query: Search, resource: dict) -> ResourceResult:
+    body_id = resource.get("id")
+    found = await _single_match(tx, query)
+    if found is None:
+        id_ = body_id or new_id()
+    elif body_id is not None and body_id != found:
+        raise bad_request(
+            f"The body id {body_id!r} differs from the matching resource {type_}/{found}", expression=("id",)
+        )
+    else:
+        id_ = found
+    return await update_in(tx, type_, id_, {**resource, "id": id_}, None)
 
 
 async def delete(ctx: Context, type_: str, id_: str, if_match: str | None = None) -> ResourceVersion | None:
@@ -168,14 +178,18 @@ async def delete(ctx: Context, type_: str, id_: str, if_match: str | None = None
     expected = _parse_etag(if_match) if if_match else None
 
     async def work(tx: Transaction) -> ResourceVersion | None:
-        current = await tx.read_current(type_, id_)
-        if expected is not None and (current is None or current.deleted or current.version != expected):
-            raise precondition_failed(f"If-Match expects version {expected} of {type_}/{id_}")
-        if current is None or current.deleted:
-            return None
-        return await _write(tx, type_, id_, None, "DELETE", current)
+        return await delete_in(tx, type_, id_, expected)
 
     return await _transact(ctx, work)
+
+
+async def delete_in(tx: Transaction, type_: str, id_: str, expected: int | None = None) -> ResourceVersion | None:
+    current = await tx.read_current(type_, id_)
+    if expected is not None and (current is None or current.deleted or current.version != expected):
+        raise precondition_failed(f"If-Match expects version {expected} of {type_}/{id_}")
+    if current is None or current.deleted:
+        return None
+    return await _write(tx, type_, id_, None, "DELETE", current)
 
 
 async def conditional_delete(ctx: Context, type_: str, criteria: list[tuple[str, str]]) -> list[ResourceVersion]:
@@ -183,16 +197,20 @@ async def conditional_delete(ctx: Context, type_: str, criteria: list[tuple[str,
     query = _criteria(type_, criteria)
 
     async def work(tx: Transaction) -> list[ResourceVersion]:
-        ids = await tx.find_ids(query, MAX_CONDITIONAL_DELETE + 1)
-        if len(ids) > MAX_CONDITIONAL_DELETE:
-            raise precondition_failed(f"The criteria match more than {MAX_CONDITIONAL_DELETE} resources")
-        deleted = []
-        for id_ in ids:
-            current = await tx.read_current(type_, id_)
-            deleted.append(await _write(tx, type_, id_, None, "DELETE", current))
-        return deleted
+        return await conditional_delete_in(tx, type_, query)
 
     return await _transact(ctx, work)
+
+
+async def conditional_delete_in(tx: Transaction, type_: str, query: Search) -> list[ResourceVersion]:
+    ids = await tx.find_ids(query, MAX_CONDITIONAL_DELETE + 1)
+    if len(ids) > MAX_CONDITIONAL_DELETE:
+        raise precondition_failed(f"The criteria match more than {MAX_CONDITIONAL_DELETE} resources")
+    deleted = []
+    for id_ in ids:
+        current = await tx.read_current(type_, id_)
+        deleted.append(await _write(tx, type_, id_, None, "DELETE", current))
+    return deleted
 
 
 def _criteria(type_: str, criteria: list[tuple[str, str]]) -> Search:
@@ -206,3 +224,6 @@ async def _transact(ctx: Context, work):
         return await ctx.store.transact(work)
     except VersionConflict as exc:
         raise conflict(f"Concurrent modification, retry the request: {exc}") from None
+
+
+_update_in = update_in  # the name PATCH support was written against
