@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl, urlencode
 
-from orjson import Fragment
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -27,6 +26,7 @@ from .responses import (
     version_headers,
     write_response,
 )
+from .searchset import searchset
 
 # Plain Starlette routes, not FastAPI's: FHIR endpoints take no typed parameters, and FastAPI's
 # dependency solving would cost more than the work of a read (measured: about half of it).
@@ -146,28 +146,7 @@ async def _search(
         ctx, type_, params, base=base, lenient=lenient, constraints=constraints
     )
     page = await search_interaction.search(ctx, parsed)
-    url = f"{base}/{path or type_}"
-    kept = list(parsed.link_params)
-    links = [("self", url + (f"?{urlencode(kept)}" if kept else ""))]
-    for relation, cursor in (("next", page.next_cursor), ("previous", page.previous_cursor)):
-        if cursor:
-            links.append((relation, f"{url}?{urlencode([*kept, ('_cursor', cursor)])}"))
-    entries = [_search_entry(base, v, "match", page) for v in page.matches]
-    entries += [_search_entry(base, v, "include", page) for v in page.included]
-    if page.warnings:
-        outcome = {"resourceType": "OperationOutcome", "issue": [w.to_fhir() for w in page.warnings]}
-        entries.append({"resource": outcome, "search": {"mode": "outcome"}})
-    return fhir_response(request, bundle("searchset", entries, total=page.total, links=links))
-
-
-def _search_entry(base: str, version: ResourceVersion, mode: str, page: search_interaction.SearchPage) -> dict:
-    entry = bundle_entry(base, version)
-    elements = page.elements if mode == "match" else None  # _elements does not apply to includes
-    if page.summary != "false" or elements is not None:
-        assert version.body is not None
-        entry["resource"] = Fragment(search_interaction.shape(version.body, page.summary, elements))
-    entry["search"] = {"mode": mode}
-    return entry
+    return fhir_response(request, searchset(base, path or type_, parsed, page))
 
 
 @route("/{compartment}/{owner_id}/{type_name}", "GET")
