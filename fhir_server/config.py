@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     max_json_depth: int = Field(64, ge=8, description="Deepest accepted JSON nesting (400)")
     default_page_size: int = Field(50, ge=1, description="_count when the client gives none")
     max_page_size: int = Field(1000, ge=1, description="Largest _count honoured")
+    max_bundle_entries: int = Field(10_000, ge=1, description="Most entries in a batch/transaction Bundle (413)")
     mongo_write_concern: str = Field("majority", description="MongoDB write concern w= (majority by default)")
     load_definitions: bool = Field(
         True, description="Store the official SearchParameters at start-up (once) so GET /SearchParameter lists them"

@@ -74,7 +74,7 @@ def capability_statement(base: str) -> bytes:
             {
                 "mode": "server",
                 "resource": [_resource(t) for t in sorted(R4_RESOURCE_TYPES)],
-                "interaction": [{"code": "history-system"}],
+                "interaction": [{"code": "history-system"}, {"code": "transaction"}, {"code": "batch"}],
             }
         ],
     }

@@ -7,7 +7,7 @@ from ..fhirjson import dumps
 from ..instant import new_id, now_us, to_instant
 from ..search.criteria import parse_criteria, parse_criteria_string
 from ..search.indexing import index_entries
-from ..store import ResourceVersion, Transaction, VersionConflict
+from ..store import ResourceVersion, Store, Transaction, VersionConflict
 from ..store.query import Search
 from ..validation import validate_resource
 from .context import Context, ResourceResult
@@ -98,7 +98,14 @@ async def create_in(
 
 
 async def read(ctx: Context, type_: str, id_: str) -> ResourceVersion:
-    current = await ctx.store.read_current(type_, id_)
+    return _readable(type_, id_, await ctx.store.read_current(type_, id_))
+
+
+async def read_in(tx: Transaction, type_: str, id_: str) -> ResourceVersion:
+    return _readable(type_, id_, await tx.read_current(type_, id_))
+
+
+def _readable(type_: str, id_: str, current: ResourceVersion | None) -> ResourceVersion:
     if current is None:
         raise not_found(f"{type_}/{id_} is not known")
     if current.deleted:
@@ -107,9 +114,17 @@ async def read(ctx: Context, type_: str, id_: str) -> ResourceVersion:
 
 
 async def vread(ctx: Context, type_: str, id_: str, version_id: str) -> ResourceVersion:
+    return await _vread(ctx.store, type_, id_, version_id)
+
+
+async def vread_in(tx: Transaction, type_: str, id_: str, version_id: str) -> ResourceVersion:
+    return await _vread(tx, type_, id_, version_id)
+
+
+async def _vread(source: Store | Transaction, type_: str, id_: str, version_id: str) -> ResourceVersion:
     if not version_id.isdigit():
         raise not_found(f"{type_}/{id_} has no version {version_id!r}")
-    found = await ctx.store.read_version(type_, id_, int(version_id))
+    found = await source.read_version(type_, id_, int(version_id))
     if found is None:
         raise not_found(f"{type_}/{id_} has no version {version_id}")
     if found.deleted:

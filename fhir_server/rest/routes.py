@@ -18,6 +18,7 @@ from ..interactions.capabilities import capability_statement
 from ..store import ResourceVersion
 from ..validation import R4_RESOURCE_TYPES
 from .body import read_limited, read_resource
+from .bundle_routes import process_bundle
 from .responses import (
     base_url,
     bundle,
@@ -86,6 +87,11 @@ def _not_modified(request: Request, version: ResourceVersion) -> bool:
 @route("/metadata", "GET")
 async def metadata(request: Request) -> Response:
     return fhir_response(request, capability_statement(base_url(request)))
+
+
+@route("/", "POST")
+async def batch_or_transaction(request: Request) -> Response:
+    return await process_bundle(request)
 
 
 @route("/_history", "GET")

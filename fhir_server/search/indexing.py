@@ -12,8 +12,12 @@ elements give several; duplicates are removed):
   family, given, prefix, suffix, text; Address → per line, city, district, state, postalCode, country,
   text.
 - token: value = code, system = its system or None. Coding(code, system), CodeableConcept (one per
-  coding), Identifier(value, system), ContactPoint(value, system = phone|email…), code/string/id/uri
-  (system None), boolean ("true"/"false"). Plus ``{param}:text`` entries, value = folded
+  coding), Identifier(value, system), ContactPoint(value, system = phone|email…), string/id/uri
+  (system None), boolean ("true"/"false"). A ``code`` element has the system its binding implies when
+  it is bound (required) to a ValueSet drawing from a single CodeSystem (``capability/code-systems-r4.json``,
+  built by ``tools/build_code_systems.py``): ``Patient.gender`` → ``http://hl7.org/fhir/administrative-gender``,
+  so ``gender=male`` and ``gender=http://hl7.org/fhir/administrative-gender|male`` match, ``gender=|male``
+  does not; other codes have system None. Plus ``{param}:text`` entries, value = folded
   Coding.display / CodeableConcept.text / Identifier.type.text; and ``{param}:of-type`` entries,
   value = ``{type.coding.system or ''}|{type.coding.code}|{identifier.value}``.
 - reference: value = ``Type/id`` (relative, ``/_history/n`` stripped) or the absolute URL (history
@@ -35,16 +39,27 @@ elements give several; duplicates are removed):
   ``system|unit``), token → ``fold("system|code")``, string → folded, reference → its value; low/high = the
   quantity/date range; for number components (MolecularSequence ``chromosome$start$end``)
   low = start, high = end exactly.
+- ``_text`` (DomainResource): one entry per distinct folded word of the narrative ``text.div`` (tags
+  stripped, entities decoded), value = the word (``normalize.words``: runs of letters/digits, each
+  ``fold``-ed: ``Hélène`` → ``helene``). ``_content``: the same over the narrative and every ``string``/
+  ``markdown`` value of the resource in document order, contained resources included (codes, ids, URIs,
+  ``Reference.reference``, ``Extension.url``, base64 data, dates, numbers, booleans are not prose).
+  Cap: at most ``normalize.MAX_WORDS`` = 300 distinct words per parameter per resource, the first ones
+  in document order; words beyond are not searchable. Only the parameters in ``WORD_PARAMETERS`` are
+  written, ``_text`` alone by default: a word is an entry, and entries are what a write pays for
+  (Patient-example: 39 entries → 62 with ``_text`` → 99 with ``_content`` as well).
 - special (``near``), parameters without expression, SampledData/Age/string dates: not indexed.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from functools import lru_cache, partial
 from typing import Any
 
 from ..store import IndexEntry
+from . import fhirpath_compile as fc
 from . import normalize as n
 from .fhirpath_compile import (
     RESOURCE_TYPES,
@@ -55,7 +70,7 @@ from .fhirpath_compile import (
     is_a,
     then,
 )
-from .registry import by_type, definitions
+from .registry import CAPABILITY_DIR, by_type, definitions
 
 Emit = Callable[[str, Any], list[n.Row]]
 
@@ -63,6 +78,13 @@ _STRINGISH = frozenset({"string", "markdown", "code", "id", "uri", "url", "canon
 _DATES = frozenset({"date", "dateTime", "instant"})
 _NUMBERS = frozenset({"decimal", "integer", "positiveInt", "unsignedInt"})
 _SKIPPED_CODES = frozenset({"_id"})  # stored natively by both stores
+
+
+@lru_cache(maxsize=1)
+def code_systems() -> dict[str, str]:
+    """Element path (``Patient.gender``) → the CodeSystem its required binding implies."""
+    with open(CAPABILITY_DIR / "code-systems-r4.json", "rb") as f:
+        return json.load(f)
 
 
 def _emitter(param_type: str, fhir_type: str, target: str | None) -> Emit | None:
@@ -148,6 +170,8 @@ def _bind(branches: tuple[Branch, ...] | list[Branch], param_type: str, target: 
             bound.append((branch.head, branch.fn, _runtime_emitter(param_type, target)))
         else:
             emit = _emitter(param_type, branch.type, target)
+            if emit is n.code_rows and branch.type == "code" and branch.path in code_systems():
+                emit = partial(n.code_rows, system=code_systems()[branch.path])
             if emit is not None:
                 bound.append((branch.head, branch.fn, emit))
     return bound
@@ -267,8 +291,92 @@ def plan(type_: str) -> Plan:
     return by_head, tuple(headless), tuple(composites)
 
 
+# --- _text and _content ----------------------------------------------------------------------------
+
+# The word parameters written at index time. ``_content`` is implemented but off: it makes writes far
+# more than 30% slower (see the module docstring); the query side refuses a parameter not listed here.
+# Turning one on or off needs ``fhir-server reindex`` for the resources already stored.
+WORD_PARAMETERS: frozenset[str] = frozenset({"_text"})
+
+_TEXT, _XHTML = "#text", "#xhtml"  # string/markdown, the narrative's xhtml
+_NOT_TEXT = {("Reference", "reference"), ("Extension", "url")}  # typed string in the model, not prose
+_MAX_DEPTH = 64  # nesting read for words (extension.extension…, item.item…): a write never fails on depth
+_ABSENT = object()
+_CHILDREN: dict[str, dict[str, str | None]] = {}  # type → key → what it holds (None: nothing to read)
+
+
+def _child(type_: str, key: str) -> str | None:
+    """What the text walk reads under ``key`` of a ``type_``: _TEXT, _XHTML, a complex type, or None."""
+    if key == "id" or key == "resourceType" or (type_, key) in _NOT_TEXT:
+        return None
+    if key[:1] == "_":  # a primitive's id/extensions
+        return "Element"
+    found = fc.element(type_, key) if type_ else None
+    kind = next((t for k, t in found or () if k == key), None)
+    if kind in ("string", "markdown"):
+        return _TEXT
+    if kind == "xhtml":
+        return _XHTML
+    return kind if kind and not kind[:1].islower() else None  # other primitives are not prose
+
+
+def _strings(node: dict, type_: str, out: list[str], depth: int = 0) -> None:
+    """Append the prose of ``node`` (of ``type_``) to ``out`` in document order, narratives as text."""
+    children = _CHILDREN.get(type_)
+    if children is None:
+        children = _CHILDREN[type_] = {}
+    for key, value in node.items():
+        child = children.get(key, _ABSENT)
+        if child is _ABSENT:
+            child = children[key] = _child(type_, key)
+        if child is None:
+            continue
+        if child is _TEXT:
+            if value.__class__ is str:
+                out.append(value)
+            elif value.__class__ is list:
+                out += [item for item in value if item.__class__ is str]
+            continue
+        for item in value if value.__class__ is list else (value,):
+            if child is _XHTML:
+                if item.__class__ is str:
+                    out.append(n.xhtml_text(item))
+            elif item.__class__ is dict and depth < _MAX_DEPTH:
+                if child != "Resource":
+                    _strings(item, child, out, depth + 1)
+                elif item.get("resourceType") in RESOURCE_TYPES:
+                    _strings(item, item["resourceType"], out, depth + 1)
+
+
+_CHUNK = 64  # strings per word extraction: a huge resource stops being read once the cap is reached
+
+
+def _word_rows(param: str, texts: list[str]) -> list[n.Row]:
+    found: dict[str, None] = {}
+    for start in range(0, len(texts), _CHUNK):
+        if not n.add_words(found, "\n".join(texts[start : start + _CHUNK])):
+            break
+    return [(param, word, None, None, None) for word in found]
+
+
+def text_rows(resource: dict, type_: str) -> list[n.Row]:
+    """``_text`` (narrative words) and ``_content`` (narrative and every string/markdown) rows."""
+    rows: list[n.Row] = []
+    if "_text" in WORD_PARAMETERS and is_a(type_, "DomainResource"):
+        narrative = resource.get("text")
+        div = narrative.get("div") if narrative.__class__ is dict else None
+        if div.__class__ is str and div:
+            rows = _word_rows("_text", [n.xhtml_text(div)])
+    if "_content" in WORD_PARAMETERS:
+        texts: list[str] = []
+        _strings(resource, type_, texts)
+        rows += _word_rows("_content", texts)
+    return rows
+
+
 def index_entries(resource: dict) -> list[IndexEntry]:
-    by_head, headless, composites = plan(resource.get("resourceType") or "")
+    type_ = resource.get("resourceType") or ""
+    by_head, headless, composites = plan(type_)
     focus = [resource]
     rows: list[n.Row] = []
     for key in resource:
@@ -281,4 +389,5 @@ def index_entries(resource: dict) -> list[IndexEntry]:
     memo: dict = {}
     for producer in composites:
         rows += producer(focus, resource, memo)
+    rows += text_rows(resource, type_ if type_ in RESOURCE_TYPES else "DomainResource")
     return [IndexEntry(*row) for row in dict.fromkeys(rows)]

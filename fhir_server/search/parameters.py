@@ -116,6 +116,15 @@ def _in_valueset(code: str, url: str, modifier: str, scope: Scope) -> Condition:
 def _definition(type_: str, code: str) -> dict:
     if code == "_id":
         return {"code": "_id", "type": "_id"}
+    if code in ("_text", "_content"):  # word entries (see indexing); no expression in the registry
+        from .fhirpath_compile import is_a
+        from .indexing import WORD_PARAMETERS
+
+        if code == "_text" and not is_a(type_, "DomainResource"):  # Bundle, Binary, Parameters
+            raise bad_request(f"Unknown search parameter {code!r} for resource type {type_}")
+        if code not in WORD_PARAMETERS:
+            raise not_supported(f"Search parameter {code!r} is not indexed by this server")
+        return {"code": code, "type": "words"}
     definition = registry.parameter(type_, code)
     if definition is None:
         raise bad_request(f"Unknown search parameter {code!r} for resource type {type_}")
@@ -367,6 +376,21 @@ _BUILDERS = {
     "uri": _uri,
     "composite": _composite,
 }
+
+
+def _words(definition: dict, value: str, modifier: str, base: str) -> Condition:
+    """``_text``/``_content=word1 word2``: every (folded) word prefixes some word entry of the resource."""
+    from ..store.query import AllOf
+    from .normalize import words
+
+    code = definition["code"]
+    found = tuple(Entry(code, value_prefix=word) for word in dict.fromkeys(words(value)))
+    if not found:
+        raise bad_request(f"{code}={value!r}: no word (letters or digits) to search for")
+    return found[0] if len(found) == 1 else AllOf(found)
+
+
+_BUILDERS["words"] = _words
 
 
 # --- chains ---------------------------------------------------------------------------------------

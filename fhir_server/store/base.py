@@ -114,6 +114,9 @@ class Transaction(ABC):
     async def read_current(self, type_: str, id_: str) -> ResourceVersion | None: ...
 
     @abstractmethod
+    async def read_version(self, type_: str, id_: str, version: int) -> ResourceVersion | None: ...
+
+    @abstractmethod
     async def find_ids(self, query: StoreQuery | Search, limit: int) -> list[str]: ...
 
     @abstractmethod

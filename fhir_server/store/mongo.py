@@ -235,6 +235,10 @@ class MongoTransaction(Transaction):
     async def read_current(self, type_: str, id_: str) -> ResourceVersion | None:
         return await _read_current(self._current, self._versions, type_, id_, self._session)
 
+    async def read_version(self, type_: str, id_: str, version: int) -> ResourceVersion | None:
+        doc = await self._versions.find_one({"_id": f"{type_}/{id_}/{version}"}, _VERSION_FIELDS, session=self._session)
+        return _to_version(doc) if doc else None
+
     async def find_ids(self, query: StoreQuery | Search, limit: int) -> list[str]:
         return await _find_ids(self._current, query, limit, self._session)
 

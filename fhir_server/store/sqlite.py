@@ -107,6 +107,11 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+def _version(conn: sqlite3.Connection, type_: str, id_: str, version: int) -> ResourceVersion | None:
+    row = conn.execute(_VERSION, (type_, id_, version)).fetchone()
+    return _row_to_version(row) if row else None
+
+
 def _rollback_if_open(conn: sqlite3.Connection) -> None:
     if conn.in_transaction:
         conn.execute("ROLLBACK")
@@ -170,6 +175,9 @@ class SQLiteTransaction(Transaction):
 
     async def read_current(self, type_: str, id_: str) -> ResourceVersion | None:
         return await self._run(_current, self._conn, type_, id_)
+
+    async def read_version(self, type_: str, id_: str, version: int) -> ResourceVersion | None:
+        return await self._run(_version, self._conn, type_, id_, version)
 
     async def find_ids(self, query: StoreQuery | Search, limit: int) -> list[str]:
         return await self._run(_find_ids, self._conn, query, limit)
