@@ -387,8 +387,8 @@ def run_wrk(
         # the difference with wrk + server is other load (other processes, kernel threads).
         result["cpu_percent_of_one_core"]["machine"] = round(100 * (os.cpu_count() or 1) * busy / total, 1)
     if watch and result["requests"]:
-        # CPU the server under test spent per answered request: unlike req/s, barely moved by other load
-        # on the machine (a starved server answers fewer requests but spends the same CPU on each).
+        # CPU the server under test spent per answered request: less moved than req/s by other load on
+        # the machine (a starved server answers fewer requests, but spends about the same CPU on each).
         server = watch[0].name
         result["server_cpu_us_per_request"] = round(
             (cpu_after[server] - cpu_before[server]) * 1e6 / result["requests"], 1

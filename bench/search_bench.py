@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 import httpx
 
@@ -113,9 +113,9 @@ class Server:
             "--store", store, "--workers", "1", "--log-level", "warning",
         ]  # fmt: skip
         self.log = log
-        with open(log, "wb") as out:
+        with open(log, "ab") as out:
             self.popen = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True
+                cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=src or REPO, start_new_session=True
             )
         self._wait_ready(timeout)
 
@@ -190,10 +190,10 @@ def patient_ids(path: Path, n: int, seed: int) -> list[str]:
 # --- measuring ---------------------------------------------------------------------------------------
 
 
-def percentile(sorted_values: list[float], p: float) -> float:
+def percentile(sorted_values: list[float], p: float) -> float | None:
     """Linear interpolation between closest ranks (numpy's default)."""
     if not sorted_values:
-        return float("nan")
+        return None
     k = (len(sorted_values) - 1) * p / 100
     lo = int(k)
     hi = min(lo + 1, len(sorted_values) - 1)
@@ -210,28 +210,35 @@ def run_shape(client: httpx.Client, server: Server, shape: Shape, ids: list[str]
 
     def one(url: str) -> tuple[float, httpx.Response]:
         start = time.perf_counter()
-        response = client.get(url)  # the whole body is read before get() returns
+        response = client.get(url, timeout=args.request_timeout)  # the whole body is read before get() returns
         return (time.perf_counter() - start) * 1000, response
 
+    timed_out = None
     shape_start = time.monotonic()
-    for url in urls[: args.warmup]:
-        one(url)
-        if time.monotonic() - shape_start > args.max_seconds / 4:
-            break
     cpu0, machine0, load0 = server.cpu(), machine_jiffies(), os.getloadavg()[0]
     measured_start = time.monotonic()
-    for url in urls[args.warmup : args.warmup + args.requests]:
-        ms, response = one(url)
-        statuses[response.status_code] += 1
-        if response.status_code != 200:
-            first_error = first_error or {"url": url, "status": response.status_code, "body": response.text[:1000]}
-            continue
-        latencies.append(ms)
-        doc = response.json()
-        totals.append(doc.get("total"))
-        entries.append(len(doc.get("entry") or ()))
-        if time.monotonic() - measured_start > args.max_seconds and len(latencies) >= 5:
-            break
+    try:
+        for url in urls[: args.warmup]:
+            one(url)
+            if time.monotonic() - shape_start > args.max_seconds / 4:
+                break
+        cpu0, machine0, load0 = server.cpu(), machine_jiffies(), os.getloadavg()[0]
+        measured_start = time.monotonic()
+        for url in urls[args.warmup : args.warmup + args.requests]:
+            ms, response = one(url)
+            statuses[response.status_code] += 1
+            if response.status_code != 200:
+                first_error = first_error or {"url": url, "status": response.status_code, "body": response.text[:1000]}
+                continue
+            latencies.append(ms)
+            doc = response.json()
+            totals.append(doc.get("total"))
+            entries.append(len(doc.get("entry") or ()))
+            if time.monotonic() - measured_start > args.max_seconds and len(latencies) >= 5:
+                break
+    except httpx.TimeoutException:
+        # One worker whose event loop is stuck in SQLite: the caller restarts the server.
+        timed_out = url
     wall = time.monotonic() - measured_start
     cpu1, machine1 = server.cpu(), machine_jiffies()
     n = sum(statuses.values())
@@ -260,19 +267,27 @@ def run_shape(client: httpx.Client, server: Server, shape: Shape, ids: list[str]
         "loadavg_1m_before": load0,
         "seconds": wall,
         "stopped_early": n < args.requests,
+        "measured": len(lat),
     }
-    if shape.target_p95_ms is not None and lat:
+    if shape.target_p95_ms is not None and lat and not timed_out:
         result["target_met"] = result["p95_ms"] <= shape.target_p95_ms
     if first_error:
         result["first_error"] = first_error
+    if timed_out:
+        result["timed_out"] = {"url": timed_out, "after_s": args.request_timeout}
+        if shape.target_p95_ms is not None:
+            result["target_met"] = False
     return result
 
 
 # --- SQL, plans and database-only timings --------------------------------------------------------------
 
 
-def explain(path: Path, shape: Shape, patient: str, repeat: int = 5) -> dict:
-    """The statements the SQLite store runs for this search (count + first page), plans and SQLite time."""
+def explain(path: Path, shape: Shape, patient: str, repeat: int = 3, budget: float = 10.0) -> dict:
+    """The statements the SQLite store runs for this search (count + first page), plans and SQLite time.
+
+    A statement still running after ``budget`` seconds is interrupted (reported as such, not timed).
+    """
     from fhir_server.search.parameters import parse
     from fhir_server.store.sqlite import _match_where
 
@@ -295,17 +310,30 @@ def explain(path: Path, shape: Shape, patient: str, repeat: int = 5) -> dict:
         conn.execute("PRAGMA cache_size=-65536")  # the server's setting
         for label, (sql, sql_args) in statements.items():
             plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", sql_args)]
-            times, rows = [], 0
+            times, rows, interrupted = [], 0, False
             for _ in range(repeat):
+                if sum(times) > 2000:  # slow statements: one timing is enough
+                    break
                 start = time.perf_counter()
-                rows = len(conn.execute(sql, sql_args).fetchall())
+                deadline = start + budget
+                conn.set_progress_handler(lambda d=deadline: time.perf_counter() > d, 10_000)
+                try:
+                    rows = len(conn.execute(sql, sql_args).fetchall())
+                except sqlite3.OperationalError as exc:
+                    if "interrupt" not in str(exc):
+                        raise
+                    interrupted = True
+                    break
+                finally:
+                    conn.set_progress_handler(None, 0)
                 times.append((time.perf_counter() - start) * 1000)
             out[label] = {
                 "sql": sql,
                 "args": [a if not isinstance(a, float) else repr(a) for a in sql_args],
                 "plan": plan,
-                "sqlite_ms_median": statistics.median(times),
-                "rows": rows,
+                "sqlite_ms_median": None if interrupted else statistics.median(times),
+                "interrupted_after_s": budget if interrupted else None,
+                "rows": None if interrupted else rows,
             }
     return out
 
@@ -316,7 +344,10 @@ def print_explain(doc: dict) -> None:
         if label not in doc:
             continue
         part = doc[label]
-        print(f"  [{label}] SQLite alone: {part['sqlite_ms_median']:.2f} ms (median), {part['rows']} row(s)")
+        if part["interrupted_after_s"]:
+            print(f"  [{label}] SQLite alone: still running after {part['interrupted_after_s']:.0f} s: interrupted")
+        else:
+            print(f"  [{label}] SQLite alone: {part['sqlite_ms_median']:.2f} ms (median), {part['rows']} row(s)")
         print(f"  SQL: {part['sql']}")
         print(f"  args: {part['args']}")
         for line in part["plan"]:
@@ -380,6 +411,9 @@ def print_table(results: list[dict]) -> None:
             f"{fmt(r['p99_ms']):>8} {fmt(r['max_ms']):>8} {fmt(r['server_cpu_ms_per_request']):>8} "
             f"{total:>15} {target:>12}"
         )
+        if r.get("timed_out"):
+            print(f"    a request took more than {r['timed_out']['after_s']:.0f} s (server restarted): "
+                  f"{r['measured']} measured before")  # fmt: skip
         if r.get("first_error"):
             err = r["first_error"]
             print(f"    {sum(v for k, v in r['statuses'].items() if k != 200)} error(s), first: {err['status']} "
@@ -393,16 +427,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=200, help="measured requests per shape (default 200)")
     p.add_argument("--warmup", type=int, default=20, help="un-measured requests per shape first (default 20)")
     p.add_argument("--max-seconds", type=float, default=60, help="stop a shape after this many seconds (≥5 samples)")
+    p.add_argument(
+        "--request-timeout", type=float, default=60, help="give up a shape when one request takes longer (s)"
+    )
+    p.add_argument("--explain-timeout", type=float, default=10, help="interrupt an --explain statement after (s)")
     p.add_argument("--only", action="append", metavar="SHAPE", help="run this shape only (repeatable)")
     p.add_argument("--seed", type=int, default=7, help="seed for the patients drawn")
     p.add_argument("--explain", action="store_true", help="print each shape's SQL, query plan and SQLite-only time")
     p.add_argument("--profile", metavar="SHAPE", help="record the server with py-spy during this shape")
-    p.add_argument("--server-src", type=Path, help="directory put first on the server's PYTHONPATH (a snapshot)")
+    p.add_argument(
+        "--server-src",
+        type=Path,
+        help="run the server (and --explain) from this copy of the package (a directory holding fhir_server/ "
+        "and capability/, e.g. a git archive of another commit) instead of the editable install",
+    )
     p.add_argument("--label", default="", help="free text stored in the results (e.g. 'with index X')")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
     p.add_argument("--no-save", action="store_true", help="do not write a results file")
     args = p.parse_args(argv)
 
+    if args.server_src is not None:  # --explain compiles with the same code the server runs
+        sys.path.insert(0, str(args.server_src.resolve()))
     from fhir_server.store import sqlite_path
 
     path = Path(sqlite_path(args.store)).resolve()
@@ -439,10 +484,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.explain:
         doc["explain"] = []
         for shape in shapes:
-            found = explain(path, shape, ids[0])
+            found = explain(path, shape, ids[0], budget=args.explain_timeout)
             print_explain(found)
             doc["explain"].append(found)
-    server = Server(f"sqlite:///{path}", args.server_src, log, timeout=60)
+    # Generous: a server whose schema changed migrates the corpus (CREATE INDEX on ~20M rows) at start.
+    server = Server(f"sqlite:///{path}", args.server_src, log, timeout=900)
     spy = None
     try:
         with httpx.Client(base_url=server.base, headers={"Accept": FHIR_JSON}, timeout=300) as client:
@@ -457,7 +503,13 @@ def main(argv: list[str] | None = None) -> int:
                     time.sleep(1)
                 print(f"{shape.name}: {shape.template} …", end=" ", flush=True)
                 result = run_shape(client, server, shape, ids, args)
-                print(f"p50 {fmt(result['p50_ms'])} ms, p95 {fmt(result['p95_ms'])} ms", flush=True)
+                if result.get("timed_out"):
+                    print(f"a request took more than {args.request_timeout:.0f} s: restarting the server", flush=True)
+                    server.stop()
+                    server = Server(f"sqlite:///{path}", args.server_src, log, timeout=900)
+                    client.base_url = server.base
+                else:
+                    print(f"p50 {fmt(result['p50_ms'])} ms, p95 {fmt(result['p95_ms'])} ms", flush=True)
                 if spy is not None:
                     spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
                     spy.wait(timeout=60)

@@ -249,7 +249,8 @@ def dup_patients(rng: random.Random, count: int) -> list[tuple[str, list[str], b
     """(family, given, female) of the ``Dup*`` group: ~1/3 Dupont, some of them with a given name in H."""
     out = []
     for i in range(count):
-        family = "Dupont" if i % 3 == 0 else DUP_FAMILY[1 + i % (len(DUP_FAMILY) - 1)]
+        others = DUP_FAMILY[1:]
+        family = "Dupont" if i % 3 == 0 else others[(i - i // 3 - 1) % len(others)]
         female = rng.random() < 0.52
         if family == "Dupont" and i % 4 == 0:
             given = ["Hélène" if female else "Hugo"]
@@ -293,7 +294,7 @@ class Progress:
         self.done += n
         now = time.monotonic()
         if force or now - self.last >= 5:
-            rate = (self.done - self.last_done) / (now - self.last)
+            rate = (self.done - self.last_done) / (now - self.last) if now > self.last else 0.0
             overall = self.done / (now - self.start)
             eta = (self.total - self.done) / overall if overall else 0
             print(
@@ -374,7 +375,8 @@ async def load(args: argparse.Namespace) -> int:
             if len(batch) >= args.batch:
                 await flush()
         await flush()
-        progress.add(0, "done", force=True)
+        if progress.done != progress.last_done:
+            progress.add(0, "done", force=True)
         loaded = time.monotonic() - progress.start
         for name, sql in deferred:
             started = time.monotonic()

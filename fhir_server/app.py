@@ -12,7 +12,8 @@ from . import __version__
 from .config import Settings
 from .interactions import Context
 from .interactions.definitions import load_search_parameters
-from .rest import errors, routes
+from .interactions.export import ExportManager
+from .rest import errors, operation_routes, routes  # noqa: F401 (operation_routes registers its routes)
 from .rest.fastpath import ReadFastPath
 from .store import open_store
 from .validation import warm_up
@@ -28,9 +29,12 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         warm_up()
         if settings.load_definitions:
             await load_search_parameters(store)
+        app.state.exports = ExportManager(settings)
+        await app.state.exports.start()
         try:
             yield
         finally:
+            await app.state.exports.stop()
             await store.close()
 
     # No generated docs routes: the URL space belongs to FHIR ([base]/[type]/…).
@@ -46,7 +50,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     app.state.settings = settings
     app.state.context = Context(store=store, settings=settings)
     errors.install(app)
-    app.router.routes.extend(routes.routes)
+    app.router.routes.extend([*routes.routes, routes.INVALID_ID])
     return FhirApp(app)
 
 

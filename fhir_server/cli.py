@@ -63,6 +63,38 @@ def reindex(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "load",
+        help="bulk-load Bundles and NDJSON files",
+        description="Load transaction, batch and collection Bundles (JSON files), NDJSON files (one resource per"
+        " line), directories (walked recursively) and .tgz/.tar.gz archives (read as a stream) into the store,"
+        " with the rules of POST [base]: a transaction Bundle is all or nothing, a batch Bundle goes entry by"
+        " entry, collection entries and NDJSON lines are creates (no id) or update-as-create (PUT Type/id).",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="file, directory or archive to load")
+    p.add_argument("--store", help="store URL (default sqlite:///./data/fhir.db; env FHIR_SERVER_STORE)")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first error (default: report and go on)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        dest="load_workers",
+        metavar="N",
+        help="processes that parse, validate and index (default: the CPU count; 0: all in this process)",
+    )
+    p.set_defaults(func=load)
+
+
+def load(args: argparse.Namespace) -> int:
+    from .loader import run
+
+    if args.load_workers is not None and args.load_workers < 0:
+        print("--workers must be 0 or more", file=sys.stderr)
+        return 2
+    settings = Settings(**_overrides(args))  # type: ignore[arg-type]
+    return run(settings, args.paths, workers=args.load_workers, fail_fast=args.fail_fast)
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
     fields = ("host", "port", "store", "workers", "base_url", "log_level")
     return {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
@@ -109,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     _serve_parser(sub)
     _reindex_parser(sub)
+    _load_parser(sub)
     return parser
 
 

@@ -28,4 +28,8 @@ class Settings(BaseSettings):
     load_definitions: bool = Field(
         True, description="Store the official SearchParameters at start-up (once) so GET /SearchParameter lists them"
     )
+    export_dir: str = Field("./data/export", description="Directory of the $export jobs' state and NDJSON files")
+    export_expiry_seconds: int = Field(
+        3600, ge=1, description="Seconds an $export job and its files are kept after it finishes"
+    )
     log_level: str = Field("info", description="Log level")

@@ -172,3 +172,20 @@ async def test_ans_iti65_submission(client):
     assert all(e["response"]["status"] == "201 Created" for e in accepted.json()["entry"])
     docs = (await client.get("/DocumentReference?patient.identifier=" + INS + "|123456789012345")).json()
     assert docs["total"] == 1
+
+
+@pytest.mark.skipif(not ANS.exists(), reason="ANS examples not found beside the checkout")
+async def test_ans_replacement_with_a_fhirpath_patch(client):
+    await client.post("/Patient", json=patient("123456789012345"))
+    original = json.loads((ANS / "DocumentReference-doc-x-id.json").read_text())
+    original["subject"] = {"reference": f"Patient?identifier={INS}|123456789012345"}
+    seeded = await client.post("/", json=tx({"resource": original, "request": {"method": "PUT",
+                                                                            "url": "DocumentReference/doc-x-id"}}))  # fmt: skip
+    assert seeded.status_code == 200, seeded.text
+    replacement = json.loads((ANS / "Bundle-example-td2-1-remplacement.json").read_text())
+    r = await client.post("/", json=replacement)
+    assert r.status_code == 200, r.text
+    statuses = [e["response"]["status"] for e in r.json()["entry"]]
+    assert statuses.count("201 Created") == 3 and "200 OK" in statuses
+    replaced = (await client.get("/DocumentReference/doc-x-id")).json()
+    assert replaced["meta"]["versionId"] == "2"

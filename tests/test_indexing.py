@@ -19,6 +19,7 @@ from fhirpathpy.models import models
 
 from fhir_server.instant import date_range
 from fhir_server.search import fhirpath_compile as fc
+from fhir_server.search import indexing as ix
 from fhir_server.search import normalize as n
 from fhir_server.search.indexing import index_entries, parameters
 from fhir_server.search.registry import definitions
@@ -274,7 +275,7 @@ def test_token_entries() -> None:
         ("http://interopsante.org/CodeSystem/v2-0203|INS-NIR|1234567890123", None, None, None)
     }
     assert entries(patient, "active") == {("false", None, None, None)}
-    assert entries(patient, "gender") == {("female", None, None, None)}
+    assert entries(patient, "gender") == {("female", "http://hl7.org/fhir/administrative-gender", None, None)}
     assert entries(patient, "email") == {("zoe@example.org", "email", None, None)}
     assert entries(patient, "phone") == {("0102", "phone", None, None)}
     assert entries(patient, "telecom") == {("zoe@example.org", "email", None, None), ("0102", "phone", None, None)}
@@ -480,3 +481,165 @@ def test_timing(examples: dict[str, dict]) -> None:
                 index_entries(resource)
             best = min(best, (time.process_time() - start) / rounds)
         print(f"\nindex_entries({name}): {best * 1e6:.0f} µs, {len(index_entries(resource))} entries")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Implied code systems of bound ``code`` elements.
+# ---------------------------------------------------------------------------------------------------
+
+GENDER = "http://hl7.org/fhir/administrative-gender"
+
+
+def test_branches_know_their_element_path() -> None:
+    def paths(expression: str, type_: str) -> list[tuple[str, str | None]]:
+        return [(b.type, b.path) for b in fc.compile_expression(expression, type_)]
+
+    assert paths("Patient.gender", "Patient") == [("code", "Patient.gender")]
+    assert paths("Patient.contact.gender", "Patient") == [("code", "Patient.contact.gender")]
+    assert paths("Patient.address.use", "Patient") == [("code", "Address.use")]  # the defining type
+    assert paths("Resource.language", "Patient") == [("code", "Resource.language")]  # not Patient.language
+    assert paths("Patient.telecom.where(system='phone')", "Patient") == [("ContactPoint", "Patient.telecom")]
+    assert paths("(Observation.value as Quantity).comparator", "Observation") == [("code", "Quantity.comparator")]
+    assert paths("Observation.value as Quantity", "Observation") == [("Quantity", "Observation.value[x]")]
+    assert paths("Bundle.entry[0].resource", "Bundle") == [("Resource", "Bundle.entry.resource")]
+
+
+def test_bound_codes_carry_their_code_system() -> None:
+    patient = {"resourceType": "Patient", "gender": "male", "address": [{"use": "home", "city": "X"}]}
+    assert entries(patient, "gender") == {("male", GENDER, None, None)}
+    assert entries(patient, "address-use") == {("home", "http://hl7.org/fhir/address-use", None, None)}
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}
+    assert entries(obs, "status") == {("final", "http://hl7.org/fhir/observation-status", None, None)}
+    document = {"resourceType": "DocumentReference", "content": [{"attachment": {"contentType": "application/pdf"}}]}
+    assert entries(document, "contenttype") == {("application/pdf", "urn:ietf:bcp:13", None, None)}
+    # Bound to a ValueSet of two code systems (task-intent, request-intent), or not bound: no system.
+    assert entries({"resourceType": "Task", "intent": "order"}, "intent") == {("order", None, None, None)}
+    assert entries({"resourceType": "SearchParameter", "code": "x"}, "code") == {("x", None, None, None)}
+    # Other types used as tokens are untouched (an id, a uri).
+    assert entries({"resourceType": "Patient", "id": "p", "meta": {"source": "urn:s"}}, "_source") == {
+        ("urn:s", None, None, None)
+    }
+
+
+def test_committed_code_systems_match_the_generator() -> None:
+    """capability/code-systems-r4.json is what tools/build_code_systems.py makes of the R4 package."""
+    if not EXAMPLES.exists():
+        pytest.skip(f"official package not found at {EXAMPLES}")
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    try:
+        import build_code_systems
+    finally:
+        sys.path.pop(0)
+    built = build_code_systems.build(EXAMPLES)
+    assert built == ix.code_systems()
+    assert built["Patient.gender"] == GENDER and built["Address.use"] == "http://hl7.org/fhir/address-use"
+    assert "Task.intent" not in built  # two systems
+    assert build_code_systems.single_system({"compose": {"include": [{"system": "a"}, {"system": "a"}]}}) == "a"
+    assert build_code_systems.single_system({"compose": {"include": [{"system": "a", "valueSet": ["v"]}]}}) is None
+
+
+# ---------------------------------------------------------------------------------------------------
+# _text and _content: words.
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("Hélène DUPONT", ["helene", "dupont"]),
+        ("L\N{RIGHT SINGLE QUOTATION MARK}Hôpital Saint-Éloi", ["l", "hopital", "saint", "eloi"]),
+        ("He\N{COMBINING ACUTE ACCENT}le\N{COMBINING GRAVE ACCENT}ne", ["helene"]),  # decomposed accents
+        ("Œuvre Straße ﬁnal", ["oeuvre", "strasse", "final"]),
+        ("MRN: 12345 (Acme_Healthcare), 3rd", ["mrn", "12345", "acme", "healthcare", "3rd"]),
+        ("«\N{NO-BREAK SPACE}Bonjour\N{NO-BREAK SPACE}»", ["bonjour"]),
+        ("x\ud800y", ["x", "y"]),  # a lone surrogate never fails a write
+        ("-- ... --", []),
+    ],
+)
+def test_words(text: str, words: list[str]) -> None:
+    assert n.words(text) == words
+
+
+def test_xhtml_text_strips_tags_and_decodes_entities() -> None:
+    div = (
+        '<div xmlns="http://www.w3.org/1999/xhtml"><p class="x">Caf&eacute;&nbsp;&amp;&#160;cr&#232;me'
+        "<br/>br&#xFB;l&#xE9;e</p><!-- a comment --><b>Bold</b>text</div>"
+    )
+    assert n.xhtml_text(div).split() == ["Café", "&", "crème", "brûlée", "Bold", "text"]
+    assert n.words(n.xhtml_text(div)) == ["cafe", "creme", "brulee", "bold", "text"]
+
+
+def words_of(resource: dict, param: str) -> list[str]:
+    """The word entries of ``param`` in order."""
+    return [e.value for e in index_entries(resource) if e.param == param]
+
+
+@pytest.fixture
+def with_content(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ix, "WORD_PARAMETERS", frozenset({"_text", "_content"}))
+
+
+def narrative(xhtml: str) -> dict:
+    return {"status": "generated", "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{xhtml}</div>'}
+
+
+def test_text_entries_are_distinct_narrative_words_in_order() -> None:
+    patient = {
+        "resourceType": "Patient",
+        "text": narrative("<p>Hélène <b>DUPONT</b>, née Dupont &amp; Cie</p>"),
+        "name": [{"family": "Martin"}],
+    }
+    assert words_of(patient, "_text") == ["helene", "dupont", "nee", "cie"]
+    assert words_of(patient, "_content") == []  # off by default
+    assert words_of({"resourceType": "Patient", "name": [{"family": "Martin"}]}, "_text") == []
+    bundle = {"resourceType": "Bundle", "type": "collection", "text": narrative("Bundle has none")}
+    assert words_of(bundle, "_text") == []  # _text is a DomainResource parameter
+
+
+def test_word_cap_keeps_the_first_words_in_document_order(with_content: None) -> None:
+    many = " ".join(f"w{i}" for i in range(400))
+    patient = {"resourceType": "Patient", "text": narrative(f"<p>{many} w3 w5</p>")}
+    found = words_of(patient, "_text")
+    assert n.MAX_WORDS == 300 and found == [f"w{i}" for i in range(300)]
+    strings = {"resourceType": "Patient", "name": [{"given": [f"g{i}" for i in range(500)]}]}
+    assert words_of(strings, "_content") == [f"g{i}" for i in range(300)]
+
+
+def test_content_entries_read_prose_only(with_content: None) -> None:
+    patient = {
+        "resourceType": "Patient",
+        "id": "idword",
+        "meta": {"versionId": "7", "lastUpdated": LAST_UPDATED, "tag": [{"system": "http://sys", "code": "codeword",
+                                                                         "display": "Tagged"}]},
+        "text": narrative("<p>Narrative words</p>"),
+        "extension": [{"url": "http://ext/urlword", "valueString": "Extended"}],
+        "identifier": [{"system": "urn:oid:1.2.3", "value": "MRN77"}],
+        "active": True,
+        "name": [{"use": "official", "family": "Lefèvre", "given": ["Zoé"], "_given": [{"extension": [
+            {"url": "http://ext", "valueString": "Primitive-Extension"}]}]}],
+        "gender": "female",
+        "birthDate": "1980-03-15",
+        "contained": [{"resourceType": "Organization", "id": "org", "name": "Contained Clinic"}],
+        "managingOrganization": {"reference": "Organization/refword", "display": "Displayed"},
+        "photo": [{"contentType": "image/png", "data": "YmFzZTY0d29yZA==", "title": "Portrait"}],
+        "communication": [{"language": {"text": "Français"}}],
+    }  # fmt: skip
+    assert words_of(patient, "_content") == [
+        "tagged", "narrative", "words", "extended", "mrn77", "lefevre", "zoe", "primitive", "extension",
+        "contained", "clinic", "displayed", "portrait", "francais",
+    ]  # fmt: skip
+    assert words_of(patient, "_text") == ["narrative", "words"]
+    observation = {"resourceType": "Observation", "status": "final", "code": {"text": "Glucose"},
+                   "valueQuantity": {"value": Decimal("6.3"), "unit": "mmol/L"},
+                   "note": [{"text": "**Fasting**"}]}  # fmt: skip
+    assert words_of(observation, "_content") == ["glucose", "mmol", "l", "fasting"]
+
+
+def test_deep_nesting_never_fails_a_write(with_content: None) -> None:
+    extension: dict = {"url": "http://x", "valueString": "deepest"}
+    for _ in range(5000):
+        extension = {"url": "http://x", "extension": [extension]}
+    found = words_of({"resourceType": "Patient", "extension": [extension], "name": [{"family": "Top"}]}, "_content")
+    assert found == ["top"]

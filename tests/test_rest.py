@@ -302,7 +302,7 @@ async def test_content_negotiation(client):
 
 async def test_method_not_allowed_is_an_outcome(client):
     assert_outcome(await client.delete("/Patient/x/_history/1"), 405)
-    assert_outcome(await client.patch("/Patient/x", content=b"[]"), 405)
+    assert_outcome(await client.patch("/Patient/x/_history/1", content=b"[]"), 405)
 
 
 # --- bad input: clear 4xx, never a partial write ------------------------------------------------

@@ -9,16 +9,19 @@ failing entry gets its own OperationOutcome. GET entries read the committed stat
 
 from __future__ import annotations
 
+from base64 import b64decode
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
 from ..errors import FhirError, Issue, bad_request, not_found, precondition_failed, too_large
+from ..fhirjson import dumps
 from ..instant import new_id
 from ..search.criteria import parse_criteria
 from ..store import ResourceVersion, Transaction
 from ..validation import R4_RESOURCE_TYPES, validate_resource
 from . import crud
 from .context import Context
+from .patch import conditional_patch_in, parse_patch, patch_in
 
 ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 
@@ -38,6 +41,7 @@ class EntryRequest:
     if_none_exist: str | None = None
     if_match: str | None = None
     url: str = ""
+    patcher: object | None = None  # PATCH entries: the parsed patch
 
 
 @dataclass
@@ -102,7 +106,15 @@ def _entry(index: int, entry: object, base: str) -> EntryRequest:
     if method in ("PUT", "DELETE") and not parsed.id and not parsed.query:
         raise bad_request(f"{where}: {method} needs [type]/[id] or search criteria")
     if method == "PATCH":
-        raise bad_request(f"{where}: PATCH entries are not supported yet")
+        if not parsed.id and not parsed.query:
+            raise bad_request(f"{where}: PATCH needs [type]/[id] or search criteria")
+        resource = entry.get("resource")
+        if isinstance(resource, dict) and resource.get("resourceType") == "Parameters":
+            parsed.patcher = parse_patch(dumps(resource), "application/fhir+json")  # FHIRPath Patch
+        elif isinstance(resource, dict) and resource.get("resourceType") == "Binary":
+            parsed.patcher = parse_patch(b64decode(resource.get("data", "")), "application/json-patch+json")
+        else:
+            raise bad_request(f"{where}: a PATCH entry carries a Parameters (FHIRPath Patch) or a Binary (JSON Patch)")
     return parsed
 
 
@@ -279,6 +291,14 @@ async def _write_entry(tx: Transaction, entry: EntryRequest) -> EntryResult:
             expected = crud._parse_etag(entry.if_match) if entry.if_match else None
             result = await crud.update_in(tx, entry.type, entry.id or "", entry.resource, expected)
         return EntryResult(201 if result.created else 200, result.version, created=result.created)
+    if entry.method == "PATCH":
+        expected = crud._parse_etag(entry.if_match) if entry.if_match else None
+        if entry.query:
+            query = parse_criteria(entry.type, entry.query)
+            result = await conditional_patch_in(tx, entry.type, query, entry.patcher, expected)
+        else:
+            result = await patch_in(tx, entry.type, entry.id or "", entry.patcher, expected)
+        return EntryResult(200, result.version)
     # DELETE
     if entry.query:
         await crud.conditional_delete_in(tx, entry.type, parse_criteria(entry.type, entry.query))

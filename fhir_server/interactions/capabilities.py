@@ -7,21 +7,21 @@ from functools import lru_cache
 from .. import FHIR_VERSION, __version__
 from ..fhirjson import dumps
 from ..instant import now_us, to_instant
+from ..search.indexing import WORD_PARAMETERS
 from ..search.registry import parameters_of
 from ..validation import R4_RESOURCE_TYPES
 
 _STARTED = to_instant(now_us())
 _INTERACTIONS = [
-    "read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type",
+    "read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type",
 ]  # fmt: skip
 
 
-# Parameters without a FHIRPath expression that the engine still implements.
-WITHOUT_EXPRESSION = ("_text", "_content")
-
-
 def _searchable(code: str, definition: dict) -> bool:
-    return definition["type"] != "special" and (bool(definition.get("expression")) or code in WITHOUT_EXPRESSION)
+    """Parameters with an expression, and the word parameters (``_text``…) the index has switched on."""
+    if code in ("_text", "_content"):
+        return code in WORD_PARAMETERS
+    return definition["type"] != "special" and bool(definition.get("expression"))
 
 
 @lru_cache(maxsize=1)
@@ -70,6 +70,7 @@ def capability_statement(base: str) -> bytes:
         "implementation": {"description": "FHIR R4 health-data server", "url": base},
         "fhirVersion": FHIR_VERSION,
         "format": ["application/fhir+json", "application/json"],
+        "patchFormat": ["application/json-patch+json", "application/fhir+json"],
         "rest": [
             {
                 "mode": "server",

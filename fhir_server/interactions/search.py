@@ -31,7 +31,7 @@ from .paging import decode_cursor, encode_cursor, page_size
 
 SINGLE = ("_count", "_cursor", "_total", "_summary", "_sort", "_elements")
 INCLUDES = ("_include", "_revinclude", "_include:iterate", "_revinclude:iterate", "_include:recurse")
-NOT_SUPPORTED = ("_contained", "_containedType", "_list", "_text", "_content", "_query", "_filter")
+NOT_SUPPORTED = ("_contained", "_containedType", "_list", "_query", "_filter")
 MAX_ITERATE = 3
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl, urlencode
 
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -17,6 +18,7 @@ from ..interactions import search as search_interaction
 from ..interactions.capabilities import capability_statement
 from ..store import ResourceVersion
 from ..validation import R4_RESOURCE_TYPES
+from . import export_routes
 from .body import read_limited, read_resource
 from .bundle_routes import process_bundle
 from .responses import (
@@ -28,6 +30,35 @@ from .responses import (
     write_response,
 )
 from .searchset import searchset
+
+
+class TypeConvertor(Convertor):
+    """A resource type name: never ``$operation``, ``_history``, ``metadata``."""
+
+    regex = "[A-Z][A-Za-z]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+class IdConvertor(TypeConvertor):
+    """A FHIR id (http://hl7.org/fhir/R4/datatypes.html#id): so ``$everything`` is never taken for one."""
+
+    regex = "[A-Za-z0-9\\-\\.]{1,64}"
+
+
+class BadIdConvertor(TypeConvertor):
+    """What an id can never be (a character outside the id alphabet, or longer than 64), operations aside."""
+
+    regex = "(?!\\$)(?:[^/]*[^A-Za-z0-9\\-\\./][^/]*|[A-Za-z0-9\\-\\.]{65,})"
+
+
+register_url_convertor("type", TypeConvertor())
+register_url_convertor("id", IdConvertor())
+register_url_convertor("bad_id", BadIdConvertor())
 
 # Plain Starlette routes, not FastAPI's: FHIR endpoints take no typed parameters, and FastAPI's
 # dependency solving would cost more than the work of a read (measured: about half of it).
@@ -99,12 +130,12 @@ async def history_system(request: Request) -> Response:
     return await _history(request, None, None, "_history")
 
 
-@route("/{type_name}/_history", "GET")
+@route("/{type_name:type}/_history", "GET")
 async def history_type(request: Request, type_name: str) -> Response:
     return await _history(request, resource_type(type_name), None, f"{type_name}/_history")
 
 
-@route("/{type_name}/{resource_id}/_history", "GET")
+@route("/{type_name:type}/{resource_id:id}/_history", "GET")
 async def history_instance(request: Request, type_name: str, resource_id: str) -> Response:
     path = f"{type_name}/{resource_id}/_history"
     return await _history(request, resource_type(type_name), resource_id, path)
@@ -122,12 +153,12 @@ async def _history(request: Request, type_: str | None, id_: str | None, path: s
     return fhir_response(request, bundle("history", entries, total=page.total, links=links))
 
 
-@route("/{type_name}", "GET")
+@route("/{type_name:type}", "GET")
 async def search_type(request: Request, type_name: str) -> Response:
     return await _search(request, resource_type(type_name), criteria(request))
 
 
-@route("/{type_name}/_search", "POST")
+@route("/{type_name:type}/_search", "POST")
 async def search_type_post(request: Request, type_name: str) -> Response:
     """POST _search: form-encoded parameters (and any in the URL), same answer as GET."""
     type_ = resource_type(type_name)
@@ -155,7 +186,7 @@ async def _search(
     return fhir_response(request, searchset(base, path or type_, parsed, page))
 
 
-@route("/{compartment}/{owner_id}/{type_name}", "GET")
+@route("/{compartment:type}/{owner_id:id}/{type_name:type}", "GET")
 async def search_compartment(request: Request, compartment: str, owner_id: str, type_name: str) -> Response:
     """Compartment search, e.g. ``GET /Patient/123/Observation?code=…``."""
     type_ = resource_type(type_name)
@@ -164,13 +195,13 @@ async def search_compartment(request: Request, compartment: str, owner_id: str, 
     return await _search(request, type_, criteria(request), (constraint,), path)
 
 
-@route("/{type_name}/{resource_id}/_history/{version_id}", "GET")
+@route("/{type_name:type}/{resource_id:id}/_history/{version_id:id}", "GET")
 async def vread(request: Request, type_name: str, resource_id: str, version_id: str) -> Response:
     found = await crud.vread(context(request), resource_type(type_name), resource_id, version_id)
     return fhir_response(request, found.body, headers=version_headers(found))
 
 
-@route("/{type_name}/{resource_id}", "GET")
+@route("/{type_name:type}/{resource_id:id}", "GET")
 async def read(request: Request, type_name: str, resource_id: str) -> Response:
     found = await crud.read(context(request), resource_type(type_name), resource_id)
     if _not_modified(request, found):
@@ -178,7 +209,7 @@ async def read(request: Request, type_name: str, resource_id: str) -> Response:
     return fhir_response(request, found.body, headers=version_headers(found))
 
 
-@route("/{type_name}", "POST")
+@route("/{type_name:type}", "POST")
 async def create(request: Request, type_name: str) -> Response:
     type_ = resource_type(type_name)
     resource = await read_resource(request)
@@ -186,7 +217,7 @@ async def create(request: Request, type_name: str) -> Response:
     return write_response(request, result.version, 201 if result.created else 200)
 
 
-@route("/{type_name}/{resource_id}", "PUT")
+@route("/{type_name:type}/{resource_id:id}", "PUT")
 async def update(request: Request, type_name: str, resource_id: str) -> Response:
     type_ = resource_type(type_name)
     resource = await read_resource(request)
@@ -194,7 +225,7 @@ async def update(request: Request, type_name: str, resource_id: str) -> Response
     return write_response(request, result.version, 201 if result.created else 200)
 
 
-@route("/{type_name}", "PUT")
+@route("/{type_name:type}", "PUT")
 async def conditional_update(request: Request, type_name: str) -> Response:
     type_ = resource_type(type_name)
     resource = await read_resource(request)
@@ -202,7 +233,7 @@ async def conditional_update(request: Request, type_name: str) -> Response:
     return write_response(request, result.version, 201 if result.created else 200)
 
 
-@route("/{type_name}/{resource_id}", "DELETE")
+@route("/{type_name:type}/{resource_id:id}", "DELETE")
 async def delete(request: Request, type_name: str, resource_id: str) -> Response:
     type_ = resource_type(type_name)
     deleted = await crud.delete(context(request), type_, resource_id, request.headers.get("if-match"))
@@ -210,8 +241,54 @@ async def delete(request: Request, type_name: str, resource_id: str) -> Response
     return Response(status_code=204, headers=headers)
 
 
-@route("/{type_name}", "DELETE")
+@route("/{type_name:type}", "DELETE")
 async def conditional_delete(request: Request, type_name: str) -> Response:
     type_ = resource_type(type_name)
     await crud.conditional_delete(context(request), type_, criteria(request))
     return Response(status_code=204)
+
+
+async def invalid_id(request: Request) -> Response:
+    raise bad_request(f"{request.path_params['bad_id']!r} is not a valid FHIR id ([A-Za-z0-9-.]{{1,64}})")
+
+
+# Registered last (after every operation route): a path naming a type and an impossible id.
+INVALID_ID = Route("/{type_name:type}/{bad_id:bad_id}", invalid_id, methods=["GET", "PUT", "DELETE", "PATCH"])
+
+
+# --- patch (http://hl7.org/fhir/R4/http.html#patch): JSON Patch or FHIRPath Patch, see interactions.patch ---
+
+from ..interactions import patch as patch_interaction  # noqa: E402 - kept with the routes that use it
+
+
+@route("/{type_name:type}/{resource_id:id}", "PATCH")
+async def patch(request: Request, type_name: str, resource_id: str) -> Response:
+    type_ = resource_type(type_name)
+    body = await read_limited(request, request.app.state.settings.max_body_bytes)
+    result = await patch_interaction.patch(
+        context(request),
+        type_,
+        resource_id,
+        body,
+        request.headers.get("content-type"),
+        request.headers.get("if-match"),
+    )
+    return write_response(request, result.version, 200)
+
+
+@route("/{type_name:type}", "PATCH")
+async def conditional_patch(request: Request, type_name: str) -> Response:
+    type_ = resource_type(type_name)
+    body = await read_limited(request, request.app.state.settings.max_body_bytes)
+    result = await patch_interaction.conditional_patch(
+        context(request),
+        type_,
+        criteria(request),
+        body,
+        request.headers.get("content-type"),
+        request.headers.get("if-match"),
+    )
+    return write_response(request, result.version, 200)
+
+
+routes.extend(export_routes.routes)

@@ -25,15 +25,20 @@ def by_type() -> dict[str, dict[str, dict]]:
     return table
 
 
+# Resources that are not DomainResources: no text, contained, extensions (so no _text, _content…).
+NOT_DOMAIN = ("Bundle", "Binary", "Parameters")
+
+
 def parameter(type_: str, code: str) -> dict | None:
-    table = by_type()
-    return table.get(type_, {}).get(code) or table.get("Resource", {}).get(code)
+    return parameters_of(type_).get(code)
 
 
+@lru_cache(maxsize=512)
 def parameters_of(type_: str) -> dict[str, dict]:
-    """Every parameter usable on a type: its own and the common ``Resource`` ones."""
+    """Every parameter usable on a type: its own, the ``Resource`` ones and, for DomainResources, theirs."""
     table = by_type()
-    return {**table.get("Resource", {}), **table.get(type_, {})}
+    domain = {} if type_ in NOT_DOMAIN else table.get("DomainResource", {})
+    return {**table.get("Resource", {}), **domain, **table.get(type_, {})}
 
 
 @lru_cache(maxsize=1)

@@ -128,6 +128,11 @@ class Transaction(ABC):
         """
 
     @abstractmethod
+    async def rewrite_body(self, version: ResourceVersion) -> None:
+        """Replace the stored bytes of an existing, non-deleted version in place (``$meta-add`` and
+        ``$meta-delete`` change meta without making a new version, per the R4 operation definitions)."""
+
+    @abstractmethod
     async def replace_entries(self, version: ResourceVersion, entries: Sequence[IndexEntry]) -> None:
         """Rebuild the index entries of the current ``version`` (reindex): no new version is made.
 

@@ -274,6 +274,12 @@ class MongoTransaction(Transaction):
             except DuplicateKeyError as exc:
                 raise VersionConflict(f"{key}: created concurrently") from exc
 
+    async def rewrite_body(self, version: ResourceVersion) -> None:
+        flt = {"_id": f"{version.type}/{version.id}/{version.version}", "body": {"$ne": None}}
+        result = await self._versions.update_one(flt, {"$set": {"body": version.body}}, session=self._session)
+        if result.matched_count != 1:
+            raise VersionConflict(f"{version.type}/{version.id}: no stored version {version.version} to rewrite")
+
     async def replace_entries(self, version: ResourceVersion, entries: Sequence[IndexEntry]) -> None:
         key = f"{version.type}/{version.id}"
         flt = {"_id": key, "v": version.version, "del": False}

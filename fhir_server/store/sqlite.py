@@ -73,10 +73,14 @@ CREATE TABLE IF NOT EXISTS search_index (
     high REAL,
     FOREIGN KEY (type, id) REFERENCES resource (type, id) ON DELETE CASCADE
 );
-CREATE INDEX IF NOT EXISTS search_index_value ON search_index (type, param, value, system);
+-- Covering (id last): a matching entry yields its resource id without a table lookup.
+DROP INDEX IF EXISTS search_index_value;
+CREATE INDEX IF NOT EXISTS search_index_values ON search_index (type, param, value, system, id);
 DROP INDEX IF EXISTS search_index_range;
+DROP INDEX IF EXISTS search_index_ranges;
 -- Partial: only dates/numbers/quantities have ranges; range conditions state "low IS NOT NULL".
-CREATE INDEX IF NOT EXISTS search_index_ranges ON search_index (type, param, low, high) WHERE low IS NOT NULL;
+CREATE INDEX IF NOT EXISTS search_index_low_high
+    ON search_index (type, param, low, high, id) WHERE low IS NOT NULL;
 CREATE INDEX IF NOT EXISTS search_index_owner ON search_index (type, id);
 """
 
@@ -185,8 +189,20 @@ class SQLiteTransaction(Transaction):
     async def put(self, version: ResourceVersion, entries: Sequence[IndexEntry]) -> None:
         await self._run(_put, self._conn, version, entries)
 
+    async def rewrite_body(self, version: ResourceVersion) -> None:
+        await self._run(_rewrite_body, self._conn, version)
+
     async def replace_entries(self, version: ResourceVersion, entries: Sequence[IndexEntry]) -> None:
         await self._run(_replace_entries, self._conn, version, entries)
+
+
+def _rewrite_body(conn: sqlite3.Connection, version: ResourceVersion) -> None:
+    changed = conn.execute(
+        "UPDATE resource_version SET body = ? WHERE type = ? AND id = ? AND version = ? AND body IS NOT NULL",
+        (version.body, version.type, version.id, version.version),
+    ).rowcount
+    if changed != 1:
+        raise VersionConflict(f"{version.type}/{version.id}: no stored version {version.version} to rewrite")
 
 
 def _replace_entries(conn: sqlite3.Connection, version: ResourceVersion, entries: Sequence[IndexEntry]) -> None:
@@ -259,6 +275,10 @@ class SQLiteStore(Store):
         try:
             self._writer = _connect(self.path)
             self._writer.executescript(SCHEMA)
+            # Planner statistics (the owner index vs the value index is a statistics call); cheap and
+            # approximate with the analysis limit.
+            self._writer.execute("PRAGMA analysis_limit=1000")
+            self._writer.execute("PRAGMA optimize")
             self._reader = _connect(self.path) if self.path != ":memory:" else self._writer
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc

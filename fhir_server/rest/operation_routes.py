@@ -1,0 +1,90 @@
+"""Operation endpoints: ``$validate``, ``$meta``, ``$meta-add``, ``$meta-delete``, ``Patient/$everything``."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..errors import Issue, operation_outcome
+from ..fhirjson import dumps
+from ..interactions import everything as everything_interaction
+from ..interactions import operations
+from .body import read_resource
+from .responses import base_url, bundle, bundle_entry, fhir_response
+from .routes import context, criteria, resource_type, route
+
+
+@route("/{type_name:type}/$validate", "POST")
+async def validate_type(request: Request, type_name: str) -> Response:
+    return await _validate(request, type_name, None)
+
+
+@route("/{type_name:type}/{resource_id:id}/$validate", "POST")
+async def validate_instance(request: Request, type_name: str, resource_id: str) -> Response:
+    return await _validate(request, type_name, resource_id)
+
+
+async def _validate(request: Request, type_name: str, id_: str | None) -> Response:
+    type_ = resource_type(type_name)
+    body = await read_resource(request)
+    issues = await operations.validate(context(request), type_, id_, body, request.query_params.get("mode"))
+    if not issues:
+        issues = [Issue("informational", "No issues found: the resource is valid", severity="information")]
+    # 200 whatever the verdict: the validation itself succeeded; the outcome carries it.
+    return fhir_response(request, dumps(operation_outcome(issues)))
+
+
+@route("/{type_name:type}/{resource_id:id}/$meta", "GET")
+async def meta(request: Request, type_name: str, resource_id: str) -> Response:
+    value = await operations.meta(context(request), resource_type(type_name), resource_id)
+    return fhir_response(request, dumps(operations.meta_parameters(value)))
+
+
+@route("/{type_name:type}/{resource_id:id}/_history/{version_id:id}/$meta", "GET")
+async def meta_version(request: Request, type_name: str, resource_id: str, version_id: str) -> Response:
+    value = await operations.meta(context(request), resource_type(type_name), resource_id, version_id)
+    return fhir_response(request, dumps(operations.meta_parameters(value)))
+
+
+@route("/{type_name:type}/{resource_id:id}/$meta-add", "POST")
+async def meta_add(request: Request, type_name: str, resource_id: str) -> Response:
+    return await _change_meta(request, type_name, resource_id, None, add=True)
+
+
+@route("/{type_name:type}/{resource_id:id}/$meta-delete", "POST")
+async def meta_delete(request: Request, type_name: str, resource_id: str) -> Response:
+    return await _change_meta(request, type_name, resource_id, None, add=False)
+
+
+@route("/{type_name:type}/{resource_id:id}/_history/{version_id:id}/$meta-add", "POST")
+async def meta_add_version(request: Request, type_name: str, resource_id: str, version_id: str) -> Response:
+    return await _change_meta(request, type_name, resource_id, version_id, add=True)
+
+
+@route("/{type_name:type}/{resource_id:id}/_history/{version_id:id}/$meta-delete", "POST")
+async def meta_delete_version(request: Request, type_name: str, resource_id: str, version_id: str) -> Response:
+    return await _change_meta(request, type_name, resource_id, version_id, add=False)
+
+
+async def _change_meta(request: Request, type_name: str, id_: str, version_id: str | None, *, add: bool) -> Response:
+    type_ = resource_type(type_name)
+    body = await read_resource(request)
+    value = await operations.change_meta(context(request), type_, id_, body, add=add, version_id=version_id)
+    return fhir_response(request, dumps(operations.meta_parameters(value)))
+
+
+@route("/Patient/{resource_id:id}/$everything", "GET")
+async def everything(request: Request, resource_id: str) -> Response:
+    params = criteria(request)
+    page = await everything_interaction.everything(context(request), resource_id, params)
+    base = base_url(request)
+    url = f"{base}/Patient/{resource_id}/$everything"
+    kept = [(k, v) for k, v in params if k != "_cursor"]
+    links = [("self", url + (f"?{urlencode(kept)}" if kept else ""))]
+    if page.next_cursor:
+        links.append(("next", f"{url}?{urlencode([*kept, ('_cursor', page.next_cursor)])}"))
+    entries = [{**bundle_entry(base, v), "search": {"mode": "match"}} for v in page.matches]
+    entries += [{**bundle_entry(base, v), "search": {"mode": "include"}} for v in page.included]
+    return fhir_response(request, bundle("searchset", entries, total=None, links=links))
