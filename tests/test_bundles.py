@@ -179,8 +179,8 @@ async def test_ans_replacement_with_a_fhirpath_patch(client):
     await client.post("/Patient", json=patient("123456789012345"))
     original = json.loads((ANS / "DocumentReference-doc-x-id.json").read_text())
     original["subject"] = {"reference": f"Patient?identifier={INS}|123456789012345"}
-    seeded = await client.post("/", json=tx({"resource": original, "request": {"method": "PUT",
-                                                                            "url": "DocumentReference/doc-x-id"}}))  # fmt: skip
+    put = {"resource": original, "request": {"method": "PUT", "url": "DocumentReference/doc-x-id"}}
+    seeded = await client.post("/", json=tx(put))
     assert seeded.status_code == 200, seeded.text
     replacement = json.loads((ANS / "Bundle-example-td2-1-remplacement.json").read_text())
     r = await client.post("/", json=replacement)

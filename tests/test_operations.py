@@ -74,8 +74,9 @@ async def test_everything(client):
         obs = {"resourceType": "Observation", "id": f"o{i}", "status": "final", "code": {"text": "x"},
                "subject": {"reference": "Patient/p"}, "performer": [{"reference": "Practitioner/dr"}]}  # fmt: skip
         await client.put(f"/Observation/o{i}", json=obs)
-    await client.put("/Observation/x", json={"resourceType": "Observation", "id": "x", "status": "final",
-                                             "code": {"text": "x"}, "subject": {"reference": "Patient/other"}})  # fmt: skip
+    other = {"resourceType": "Observation", "id": "x", "status": "final", "code": {"text": "x"},
+             "subject": {"reference": "Patient/other"}}  # fmt: skip
+    await client.put("/Observation/x", json=other)
     await client.put("/AllergyIntolerance/a", json={"resourceType": "AllergyIntolerance", "id": "a",
                                                     "patient": {"reference": "Patient/p"}})  # fmt: skip
     seen, included, url = [], set(), "/Patient/p/$everything"
