@@ -30,9 +30,7 @@ def main(tgz: str) -> None:
             params.append({k: doc[k] for k in KEEP if k in doc})
     params.sort(key=lambda p: p["url"])
     out = Path(__file__).resolve().parents[1] / "capability" / "search-parameters-r4.json"
-    out.write_text(
-        json.dumps({"resourceType": "Bundle", "type": "collection", "parameters": params}, indent=0)
-    )
+    out.write_text(json.dumps({"resourceType": "Bundle", "type": "collection", "parameters": params}, indent=0))
     print(f"{len(params)} SearchParameters → {out} ({out.stat().st_size // 1024} KiB)")
 
 
