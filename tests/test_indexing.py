@@ -372,28 +372,26 @@ def test_number_and_quantity_ranges() -> None:
     assert n.number_range(Decimal("100")) == (99.5, 100.5)
     assert n.number_range(Decimal("1.50")) == (1.495, 1.505)
     assert n.number_range(Decimal("1e2")) == (50.0, 150.0)
-    assert n.number_rows("n", Decimal("1.50")) == [("n", "1.5", None, 1.495, 1.505)]
-    assert n.number_rows("n", 3) == [("n", "3", None, 2.5, 3.5)]
+    assert n.number_rows("n", Decimal("1.50")) == [("n", "1.5", None, 1.5, 1.5)]  # stored values are exact
+    assert n.number_rows("n", 3) == [("n", "3", None, 3.0, 3.0)]
     assert n.number_rows("n", True) == []
     assert n.canonical_number(Decimal("1E+2")) == "100"
     ucum = "http://unitsofmeasure.org"
     quantity = {"value": Decimal("5.4"), "unit": "mmol/L", "code": "mmol/L", "system": ucum}
-    assert n.quantity_rows("q", quantity) == [("q", "mmol/L", ucum, 5.35, 5.45)]
+    assert n.quantity_rows("q", quantity) == [("q", "mmol/L", ucum, 5.4, 5.4)]
     quantity = {"value": Decimal("185"), "unit": "lbs", "code": "[lb_av]", "system": ucum}
-    assert n.quantity_rows("q", quantity) == [("q", "[lb_av]", ucum, 184.5, 185.5), ("q", "lbs", ucum, 184.5, 185.5)]
-    assert n.quantity_rows("q", {"value": 5, "comparator": "<"}) == [("q", None, None, float("-inf"), 5.5)]
-    assert n.money_rows("m", {"value": Decimal("12.30"), "currency": "EUR"}) == [
-        ("m", "EUR", n.ISO_4217, 12.295, 12.305)
-    ]
-    assert n.range_quantity_rows("r", {"low": {"value": 1, "code": "a"}}) == [("r", "a", None, 0.5, float("inf"))]
+    assert n.quantity_rows("q", quantity) == [("q", "[lb_av]", ucum, 185.0, 185.0), ("q", "lbs", ucum, 185.0, 185.0)]
+    assert n.quantity_rows("q", {"value": 5, "comparator": "<"}) == [("q", None, None, float("-inf"), 5.0)]
+    assert n.money_rows("m", {"value": Decimal("12.30"), "currency": "EUR"}) == [("m", "EUR", n.ISO_4217, 12.3, 12.3)]
+    assert n.range_quantity_rows("r", {"low": {"value": 1, "code": "a"}}) == [("r", "a", None, 1.0, float("inf"))]
 
 
 def test_composite_entries_of_blood_pressure(examples: dict[str, dict]) -> None:
     bp = examples["Observation-blood-pressure.json"]
     ucum = "http://unitsofmeasure.org"
     found = entries(bp, "component-code-value-quantity")
-    assert ("http://loinc.org|8480-6", f"{ucum}|mm[Hg]", 106.5, 107.5) in found
-    assert ("http://loinc.org|8462-4", f"{ucum}|mm[Hg]", 59.5, 60.5) in found
+    assert ("http://loinc.org|8480-6", f"{ucum}|mm[Hg]", 107.0, 107.0) in found
+    assert ("http://loinc.org|8462-4", f"{ucum}|mm[Hg]", 60.0, 60.0) in found
     assert ("http://loinc.org|8480-6", f"{ucum}|mm[Hg]", 59.5, 60.5) not in found  # never across components
     assert entries(bp, "combo-code-value-quantity") >= found
     assert entries(bp, "code-value-quantity") == set()  # the panel itself has no value

@@ -355,21 +355,22 @@ def timing_rows(param: str, value: Any) -> list[Row]:
 
 
 def number_rows(param: str, value: Any) -> list[Row]:
+    """A stored number is an exact value (search.html#number): low = high = the value."""
     number = to_decimal(value)
     if number is None:
         return []
-    low, high = number_range(number)
-    return [(param, canonical_number(number), None, low, high)]
+    exact = float(number)
+    return [(param, canonical_number(number), None, exact, exact)]
 
 
 def _bounds(quantity: Any) -> tuple[float, float] | None:
-    """A quantity's precision range, opened on the side its comparator (``<``, ``>=``…) leaves open."""
+    """A quantity's exact value, opened on the side its comparator (``<``, ``>=``…) leaves open."""
     if quantity.__class__ is not dict:
         return None
     number = to_decimal(quantity.get("value"))
     if number is None:
         return None
-    low, high = number_range(number)
+    low = high = float(number)
     comparator = quantity.get("comparator")
     if comparator in ("<", "<="):
         return NEG_INF, high

@@ -302,11 +302,37 @@ def _decimal(code: str, raw: str) -> Decimal:
     return number
 
 
+def _exact_ranges(prefix: str, number: Decimal) -> Condition:
+    """Numbers and quantities (search.html#number): targets are exact values (or Range bounds); ``eq`` /
+    ``ne`` use the search value's implicit precision range, the other prefixes its exact value."""
+    low, high = number_range(number)
+    v = float(number)
+    d = abs(v) * 0.1
+    match prefix:
+        case "eq":
+            return _range_entry(("low", ">=", low), ("high", "<", high))
+        case "ne":
+            return Not(_range_entry(("low", ">=", low), ("high", "<", high)))
+        case "gt":
+            return _range_entry(("high", ">", v))
+        case "lt":
+            return _range_entry(("low", "<", v))
+        case "ge":
+            return _range_entry(("high", ">=", v))
+        case "le":
+            return _range_entry(("low", "<=", v))
+        case "sa":
+            return _range_entry(("low", ">", v))
+        case "eb":
+            return _range_entry(("high", "<", v))
+        case "ap":
+            return _range_entry(("low", "<=", v + d), ("high", ">=", v - d))
+    raise bad_request(f"Unknown prefix {prefix!r}")
+
+
 def _number(definition: dict, value: str, modifier: str, base: str) -> Condition:
     prefix, raw = _prefix(value)
-    number = _decimal(definition["code"], raw)
-    low, high = number_range(number)
-    return _with_code(_ranges(prefix, low, high, abs(float(number)) * 0.1), definition["code"])
+    return _with_code(_exact_ranges(prefix, _decimal(definition["code"], raw)), definition["code"])
 
 
 def _quantity(definition: dict, value: str, modifier: str, base: str) -> Condition:
@@ -314,7 +340,6 @@ def _quantity(definition: dict, value: str, modifier: str, base: str) -> Conditi
     number_part, _, unit_part = value.partition("|")
     prefix, raw = _prefix(number_part)
     number = _decimal(code, raw)
-    low, high = number_range(number)
     fields: dict = {}
     if unit_part:
         system, _, unit = unit_part.partition("|")
@@ -324,7 +349,7 @@ def _quantity(definition: dict, value: str, modifier: str, base: str) -> Conditi
             fields["value"] = unit
         if system:
             fields["system"] = system
-    return _with_code(_ranges(prefix, low, high, abs(float(number)) * 0.1), code, **fields)
+    return _with_code(_exact_ranges(prefix, number), code, **fields)
 
 
 def _uri(definition: dict, value: str, modifier: str, base: str) -> Condition:
