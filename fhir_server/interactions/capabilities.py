@@ -12,6 +12,18 @@ from ..search.registry import parameters_of
 from ..validation import R4_RESOURCE_TYPES
 
 _STARTED = to_instant(now_us())
+_BULK = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
+_CORE = "http://hl7.org/fhir/OperationDefinition"
+RESOURCE_OPERATIONS = [
+    {"name": name, "definition": f"{_CORE}/Resource-{name}"} for name in ("validate", "meta", "meta-add", "meta-delete")
+]
+TYPE_OPERATIONS = {
+    "Patient": [
+        {"name": "everything", "definition": f"{_CORE}/Patient-everything"},
+        {"name": "export", "definition": f"{_BULK}/patient-export"},
+    ],
+    "Group": [{"name": "export", "definition": f"{_BULK}/group-export"}],
+}
 _INTERACTIONS = [
     "read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type",
 ]  # fmt: skip
@@ -55,6 +67,7 @@ def _resource(type_: str) -> dict:
         "searchRevInclude": _revincludes().get(type_, []),
         "searchParam": search,
     }
+    entry["operation"] = [*RESOURCE_OPERATIONS, *TYPE_OPERATIONS.get(type_, [])]
     return {k: v for k, v in entry.items() if v != []}
 
 
@@ -68,6 +81,7 @@ def capability_statement(base: str) -> bytes:
         "kind": "instance",
         "software": {"name": "fhir-server", "version": __version__},
         "implementation": {"description": "FHIR R4 health-data server", "url": base},
+        "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
         "fhirVersion": FHIR_VERSION,
         "format": ["application/fhir+json", "application/json"],
         "patchFormat": ["application/json-patch+json", "application/fhir+json"],
@@ -76,6 +90,7 @@ def capability_statement(base: str) -> bytes:
                 "mode": "server",
                 "resource": [_resource(t) for t in sorted(R4_RESOURCE_TYPES)],
                 "interaction": [{"code": "history-system"}, {"code": "transaction"}, {"code": "batch"}],
+                "operation": [{"name": "export", "definition": f"{_BULK}/export"}],
             }
         ],
     }
