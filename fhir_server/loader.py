@@ -21,9 +21,16 @@ and run again for real with ``bundles`` on the main process, in input order. So 
 exact execution ``POST [base]`` would have made, or not applied at all. Timestamps are taken at replay time
 (``meta.lastUpdated`` and the ``_lastUpdated`` index entry are re-stamped), as a normal write takes them.
 
-On SQLite the replay of a whole group of units runs in one call on the store's writer thread, each unit in
-its own SAVEPOINT inside one store transaction (one commit per group). Other stores replay through the
-``Transaction`` API, one unit at a time.
+On SQLite the replay of a group of units (~2,000 resources) runs in one call on the store's writer thread,
+inside one store unit of work (one commit per group). A unit whose log only asks "is this resource
+absent?" (creates, update-as-create) is checked first and then written without a SAVEPOINT of its own; one
+with conditional searches replays in order inside a SAVEPOINT. While loading, the writer connection uses
+``PRAGMA temp_store=FILE``: with the store's ``MEMORY`` setting, statement and savepoint journals of big
+units of work make every write ~3x more expensive (foreign keys on); it has nothing to do with durability
+and is restored afterwards. Other stores replay through the ``Transaction`` API, one unit at a time.
+
+Memory stays bounded: inputs are read one file (or archive member, or run of NDJSON lines) at a time, and
+at most ``4 * workers + 2`` of them are in flight.
 """
 
 from __future__ import annotations
@@ -38,9 +45,9 @@ import sys
 import tarfile
 import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -691,6 +698,7 @@ class Loader:
         self._group_count = 0
         self._redo_cache: tuple[int, list] | None = None
         self._warned = False
+        self._feed_error: Exception | None = None
         from .store.sqlite import SQLiteStore
 
         self._sqlite = isinstance(store, SQLiteStore)
@@ -719,29 +727,25 @@ class Loader:
         started, cpu_started = time.monotonic(), time.process_time()
         worker_cpu: dict[int, float] = {}
         pool = self._pool() if self.workers > 0 else None
-        loop = asyncio.get_running_loop()
         temp_store = await self._sqlite_temp_store(1) if self._sqlite else None
-        window = max(2, 2 * self.workers + 1)
-        pending: deque[tuple[Job, Awaitable[Any]]] = deque()
-        jobs = _iter_jobs(paths)
-        exhausted = False
+        # Jobs submitted ahead of the one being written: the workers keep preparing while a group is written.
+        ahead: asyncio.Queue[tuple[Job, asyncio.Future | None] | None]
+        ahead = asyncio.Queue(4 * self.workers + 2 if pool else 1)
+        feeder = asyncio.create_task(self._feed(paths, pool, ahead))
         try:
             while not self.report.stopped:
-                while not exhausted and len(pending) < window:
-                    job = next(jobs, None)
-                    if job is None:
-                        exhausted = True
-                        break
-                    if pool is not None:
-                        pending.append((job, loop.run_in_executor(pool, _prepare_in_worker, job)))
-                    else:
-                        pending.append((job, prepare(job, self.settings)))
-                if not pending:
+                item = await ahead.get()
+                if item is None:
                     break
-                job, future = pending.popleft()
-                if self._group and not (isinstance(future, asyncio.Future) and future.done()):
+                job, future = item
+                if self._group and not (future is not None and future.done()):
                     await self._flush()  # keep the writer busy while the workers prepare
-                result = await future
+                try:
+                    result = await (future if future is not None else prepare(job, self.settings))
+                except BrokenProcessPool as exc:  # a worker died (killed, out of memory): no way on
+                    self._error(job, "", 500, f"worker process failed: {exc}")
+                    self.report.stopped = True
+                    break
                 if pool is not None:
                     result, pid, cpu = result
                     worker_cpu[pid] = cpu
@@ -750,12 +754,17 @@ class Loader:
                     self.progress.update(self.report, self.done_bytes)
             if not self.report.stopped:
                 await self._flush()
+                await feeder  # done: it queued the end
+                if self._feed_error is not None:  # unreadable inputs are reported as jobs: this is a bug
+                    raise self._feed_error
         finally:
-            for _, future in pending:
-                if isinstance(future, asyncio.Future):
-                    future.cancel()
-                else:
-                    future.close()  # type: ignore[attr-defined]
+            feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feeder
+            while not ahead.empty():
+                item = ahead.get_nowait()
+                if item is not None and item[1] is not None:
+                    item[1].cancel()
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
             if temp_store is not None and temp_store != 1:
@@ -768,6 +777,26 @@ class Loader:
                 self.progress.update(self.report, self.done_bytes, force=True)
                 self.progress.close()
         return self.report
+
+    async def _feed(
+        self,
+        paths: Sequence[str | os.PathLike],
+        pool: ProcessPoolExecutor | None,
+        ahead: asyncio.Queue[tuple[Job, asyncio.Future | None] | None],
+    ) -> None:
+        """Read the inputs (one file or archive member at a time) and hand them to the workers, in order."""
+        loop = asyncio.get_running_loop()
+        try:
+            for job in _iter_jobs(paths):
+                if self.report.stopped:
+                    return  # the consumer is gone: nothing more to queue
+                if pool is not None:
+                    await ahead.put((job, loop.run_in_executor(pool, _prepare_in_worker, job)))
+                else:
+                    await ahead.put((job, None))  # prepared here, when its turn comes
+        except Exception as exc:
+            self._feed_error = exc
+        await ahead.put(None)
 
     async def _sqlite_temp_store(self, value: int) -> int | None:
         """Set the writer connection's temp_store (in a unit of work of its own), returning the previous one."""

@@ -15,7 +15,7 @@ from conftest import fhir_client, fhir_server_command
 from fhir_server.config import Settings
 from fhir_server.fhirjson import loads
 from fhir_server.instant import to_instant
-from fhir_server.loader import load_paths
+from fhir_server.loader import Loader, load_paths
 from fhir_server.store import HistoryQuery, open_store
 
 INS = "urn:oid:1.2.250.1.213.1.4.8"
@@ -235,6 +235,22 @@ async def test_timestamps_are_those_of_the_write(tmp_path):
     for version in versions:
         assert version.body is not None
         assert loads(version.body)["meta"]["lastUpdated"] == to_instant(version.last_updated)
+
+
+async def test_sqlite_replays_on_the_writer_connection(tmp_path):
+    """The SQLite fast path (one writer-thread call per group, temp_store=FILE while loading) is in use: if
+    the store's transaction changes shape, the loader falls back to the slow generic path; this says so."""
+    url = f"sqlite:///{tmp_path / 'fhir.db'}"
+    store = open_store(url)
+    async with store:
+        loader = Loader(store, Settings(store=url))
+        report = await loader.run([good_inputs(tmp_path)])
+        assert report.errors == 0 and loader._sqlite
+
+        async def temp_store(tx):
+            return await tx._run(lambda conn: conn.execute("PRAGMA temp_store").fetchone()[0], tx._conn)
+
+        assert await store.transact(temp_store) == 2  # the store's own MEMORY setting is back
 
 
 # --- the command -------------------------------------------------------------------------------------
