@@ -178,6 +178,20 @@ def fhir_server_command() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "fhir_server.cli"]
 
 
+def wait_until_serving(base: str, proc: subprocess.Popen, timeout: float = 60) -> bool:
+    """Poll ``GET [base]/metadata`` until it answers 200; False if the process dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{base}/metadata", timeout=2).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+
+
 @pytest.fixture
 def server(store_url: str, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
     """``fhir-server serve`` started as a subprocess on a free port over each store: (base URL, process)."""
@@ -193,18 +207,10 @@ def server(store_url: str, tmp_path: Path) -> Iterator[tuple[str, subprocess.Pop
         text=True,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
     try:
-        while True:
-            try:
-                if httpx.get(f"{base}/metadata", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                out = proc.stdout.read() if proc.stdout else ""
-                pytest.fail(f"fhir-server serve did not start: {out[-3000:]}")
-            time.sleep(0.2)
+        if not wait_until_serving(base, proc):
+            out = proc.stdout.read() if proc.stdout else ""
+            pytest.fail(f"fhir-server serve did not start: {out[-3000:]}")
         yield base, proc
     finally:
         proc.terminate()

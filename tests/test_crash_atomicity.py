@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import fhir_server_command, free_port
+from conftest import fhir_server_command, free_port, wait_until_serving
 
 from fhir_server.search.criteria import parse_criteria
 from fhir_server.store import open_store
@@ -76,17 +76,9 @@ class Server:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{self.base}/metadata", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail("fhir-server serve did not start")
-            time.sleep(0.1)
+        if not wait_until_serving(self.base, self.proc, timeout=90):
+            self.stop()
+            pytest.fail("fhir-server serve did not start")
 
     def count(self, tag: str, type_: str = "Patient") -> int:
         r = httpx.get(f"{self.base}/{type_}", params={"_tag": f"{TAG}|{tag}", "_summary": "count"}, timeout=30)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
-from conftest import fhir_server_command, free_port
+from conftest import fhir_server_command, free_port, wait_until_serving
 
 
 def test_serve_process_create_read_search_history(server):
@@ -45,13 +44,7 @@ def test_serve_default_store_is_created_under_data(tmp_path: Path):
         assert proc.stdout is not None
         first = proc.stdout.readline()
         assert f"http://127.0.0.1:{port}" in first
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/metadata", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        assert wait_until_serving(f"http://127.0.0.1:{port}", proc)
         assert (tmp_path / "data" / "fhir.db").exists()
     finally:
         proc.terminate()
