@@ -252,7 +252,7 @@ def run_http(started: Started, data: list[tuple[str, bytes]], tmp: Path, clients
     env.update(FHIR_SERVER_STORE=f"sqlite:///{db}", FHIR_SERVER_LOAD_DEFINITIONS="false")
     log = (tmp / "serve.log").open("wb")
     server = started.popen(
-        [*fhir_server(), "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+        [*fhir_server(), "serve", "--port", str(port), "--auth", "off"], env=env, stdout=log, stderr=subprocess.STDOUT
     )
     deadline = time.monotonic() + 120
     while True:

@@ -503,7 +503,20 @@ def start_ours(procs: Processes, tmp: Path, store: str, timeout: float) -> tuple
     port = free_port()
     exe = Path(sys.executable).parent / "fhir-server"
     cli = [str(exe)] if exe.exists() else [sys.executable, "-m", "fhir_server.cli"]
-    cmd = [*cli, "serve", "--host", "127.0.0.1", "--port", str(port), "--store", store, "--workers", "1"]
+    cmd = [
+        *cli,
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--store",
+        store,
+        "--workers",
+        "1",
+        "--auth",
+        "off",
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("FHIR_SERVER_")}
     proc = procs.start("ours", cmd, log=tmp / "ours.log", env=env)
     base = f"http://127.0.0.1:{port}"

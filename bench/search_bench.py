@@ -110,7 +110,7 @@ class Server:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
         cmd = [
             sys.executable, "-m", "fhir_server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-            "--store", store, "--workers", "1", "--log-level", "warning",
+            "--store", store, "--workers", "1", "--log-level", "warning", "--auth", "off",
         ]  # fmt: skip
         self.log = log
         with open(log, "ab") as out:

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import __version__
 from .config import Settings
@@ -15,6 +15,7 @@ from .interactions.definitions import load_search_parameters
 from .interactions.export import ExportManager
 from .rest import errors, operation_routes, routes  # noqa: F401 (operation_routes registers its routes)
 from .rest.fastpath import ReadFastPath
+from .security.authenticate import Authenticate
 from .store import open_store
 from .validation import warm_up
 
@@ -54,12 +55,15 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     return FhirApp(app)
 
 
-class FhirApp(ReadFastPath):
-    """The FastAPI app behind the read fast path; ``.app`` and ``.state`` reach the FastAPI app."""
+class FhirApp:
+    """Authentication, then the read fast path, then the FastAPI app (``.state`` and ``.router`` reach it)."""
 
     def __init__(self, app: FastAPI) -> None:
-        super().__init__(app, app.state)
         self.fastapi = app
+        self.authenticate = Authenticate(ReadFastPath(app, app.state), app.state)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.authenticate(scope, receive, send)
 
     @property
     def state(self):  # tests and tools reach settings/context through app.state

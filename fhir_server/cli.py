@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import sys
@@ -26,6 +27,12 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="worker processes (default 1; env FHIR_SERVER_WORKERS)")
     p.add_argument("--base-url", help="public base URL used in links (env FHIR_SERVER_BASE_URL)")
     p.add_argument("--log-level", help="debug, info, warning, error (env FHIR_SERVER_LOG_LEVEL)")
+    p.add_argument(
+        "--auth",
+        choices=("on", "off"),
+        help="SMART/OAuth2 bearer tokens required (on, the default) or not (off: development only, accepted "
+        "only on a loopback address; env FHIR_SERVER_AUTH)",
+    )
     p.set_defaults(func=serve)
 
 
@@ -97,7 +104,19 @@ def load(args: argparse.Namespace) -> int:
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
     fields = ("host", "port", "store", "workers", "base_url", "log_level")
-    return {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
+    found: dict[str, object] = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
+    if getattr(args, "auth", None) is not None:
+        found["auth"] = args.auth == "on"
+    return found
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -105,6 +124,16 @@ def serve(args: argparse.Namespace) -> int:
 
     overrides = _overrides(args)
     settings = Settings(**overrides)  # type: ignore[arg-type]
+    if not settings.auth:
+        if not _is_loopback(settings.host):
+            print(
+                f"refused: --auth off serves health data without authentication; it is accepted only on a "
+                f"loopback address, not {settings.host!r}",
+                file=sys.stderr,
+            )
+            return 2
+        warning = "WARNING: authentication is OFF: every local process can read and write all data (development only)"
+        print(f"\n{'!' * len(warning)}\n{warning}\n{'!' * len(warning)}\n", file=sys.stderr, flush=True)
     # Workers are separate processes that rebuild Settings from the environment: hand the flags on.
     for name, value in overrides.items():
         os.environ[f"FHIR_SERVER_{name.upper()}"] = str(value)

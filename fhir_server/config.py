@@ -33,3 +33,16 @@ class Settings(BaseSettings):
         3600, ge=1, description="Seconds an $export job and its files are kept after it finishes"
     )
     log_level: str = Field("info", description="Log level")
+    # --- SMART on FHIR authorization (fhir_server.auth = authorization server, fhir_server.security = enforcement)
+    auth: bool = Field(
+        True, description="Require SMART/OAuth2 bearer tokens (off: unauthenticated, loopback-only, for development)"
+    )
+    auth_state: str | None = Field(
+        None,
+        description="Where OAuth state lives (clients, users, codes, refresh tokens, keys): sqlite:///… or "
+        "mongodb://…; default: beside the store (auth.db next to the SQLite file, auth_* collections in the "
+        "MongoDB database)",
+    )
+    access_token_lifetime: int = Field(300, ge=10, description="Seconds an access token is valid")
+    refresh_token_lifetime: int = Field(30 * 24 * 3600, ge=60, description="Seconds an offline refresh token is valid")
+    authorization_code_lifetime: int = Field(60, ge=5, description="Seconds an authorization code is valid")

@@ -158,6 +158,7 @@ async def fhir_client(store_url: str, **settings: object) -> AsyncIterator[httpx
     from fhir_server.config import Settings
 
     settings.setdefault("load_definitions", False)  # 1,400 SearchParameters per fresh store: only where tested
+    settings.setdefault("auth", False)  # the FHIR behaviour under test; access control has its own tests
     app = create_app(Settings(store=store_url, **settings))  # type: ignore[arg-type]
     transport = httpx.ASGITransport(app=app)
     async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url=FHIR_BASE) as c:
@@ -199,7 +200,7 @@ def server(store_url: str, tmp_path: Path) -> Iterator[tuple[str, subprocess.Pop
     port = free_port()
     env = {**os.environ, "FHIR_SERVER_STORE": store, "FHIR_SERVER_LOAD_DEFINITIONS": "false"}
     proc = subprocess.Popen(
-        [*fhir_server_command(), "serve", "--port", str(port)],
+        [*fhir_server_command(), "serve", "--port", str(port), "--auth", "off"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,

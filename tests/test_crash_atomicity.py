@@ -70,7 +70,7 @@ class Server:
         env = {**os.environ, "FHIR_SERVER_STORE": f"sqlite:///{db}", "FHIR_SERVER_LOAD_DEFINITIONS": "false",
                "FHIR_SERVER_MAX_BUNDLE_ENTRIES": str(ENTRIES + 10)}  # fmt: skip
         self.proc = subprocess.Popen(
-            [*fhir_server_command(), "serve", "--port", str(self.port)],
+            [*fhir_server_command(), "serve", "--port", str(self.port), "--auth", "off"],
             cwd=cwd,
             env=env,
             stdout=subprocess.DEVNULL,

@@ -26,6 +26,7 @@ ASYNC = {"Prefer": "respond-async", "Accept": FHIR}
 async def running(store_url: str, export_dir: Path, **settings) -> AsyncIterator[tuple[object, httpx.AsyncClient]]:
     """The app (to reach ``state``) and an in-process client, like ``conftest.fhir_client``."""
     settings.setdefault("load_definitions", False)
+    settings.setdefault("auth", False)
     app = create_app(Settings(store=store_url, export_dir=str(export_dir), **settings))
     transport = httpx.ASGITransport(app=app)
     async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url=FHIR_BASE) as c:

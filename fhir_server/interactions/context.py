@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from ..config import Settings
 from ..store import ResourceVersion, Store
 from ..store.query import Condition
+from .access import UNRESTRICTED, Access
 
 
 def no_constraints(type_: str) -> tuple[Condition, ...]:
@@ -16,12 +17,14 @@ def no_constraints(type_: str) -> tuple[Condition, ...]:
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    """``constraints(type)`` yields the conditions the caller's access is limited to for that type: they
-    are ANDed into every store query (matches, totals, includes), never applied after the fact."""
+    """``constraints(type)`` yields the conditions the caller's reads are limited to for that type: they
+    are ANDed into every store query (matches, totals, includes), never applied after the fact.
+    ``access`` answers which interactions are permitted and guards writes (see ``access.py``)."""
 
     store: Store
     settings: Settings
     constraints: Callable[[str], tuple[Condition, ...]] = no_constraints
+    access: Access = UNRESTRICTED
 
 
 @dataclass(frozen=True, slots=True)

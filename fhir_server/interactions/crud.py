@@ -8,8 +8,9 @@ from ..instant import new_id, now_us, to_instant
 from ..search.criteria import parse_criteria, parse_criteria_string
 from ..search.indexing import index_entries
 from ..store import ResourceVersion, Store, Transaction, VersionConflict
-from ..store.query import Search
+from ..store.query import IdIn, Search
 from ..validation import validate_resource
+from .access import UNRESTRICTED, GuardedTransaction
 from .context import Context, ResourceResult
 
 # Conditional delete of more matches than this is refused (412) rather than run unbounded.
@@ -98,7 +99,18 @@ async def create_in(
 
 
 async def read(ctx: Context, type_: str, id_: str) -> ResourceVersion:
-    return _readable(type_, id_, await ctx.store.read_current(type_, id_))
+    ctx.access.require(type_, "r")
+    found = _readable(type_, id_, await ctx.store.read_current(type_, id_))
+    await require_visible(ctx, type_, id_)
+    return found
+
+
+async def require_visible(ctx: Context, type_: str, id_: str, source=None) -> None:
+    """A resource outside the caller's data reads as unknown (404), never as forbidden: its existence
+    is not disclosed. Versions follow their resource's current version."""
+    where = ctx.constraints(type_)
+    if where and not await (source or ctx.store).find_ids(Search(type_, (IdIn((id_,)), *where)), 1):
+        raise not_found(f"{type_}/{id_} is not known")
 
 
 async def read_in(tx: Transaction, type_: str, id_: str) -> ResourceVersion:
@@ -114,6 +126,12 @@ def _readable(type_: str, id_: str, current: ResourceVersion | None) -> Resource
 
 
 async def vread(ctx: Context, type_: str, id_: str, version_id: str) -> ResourceVersion:
+    ctx.access.require(type_, "r")
+    if ctx.constraints(type_):
+        current = await ctx.store.read_current(type_, id_)
+        if current is None or current.deleted:  # no index entries left to test: unknown to confined callers
+            raise not_found(f"{type_}/{id_} is not known")
+        await require_visible(ctx, type_, id_)
     return await _vread(ctx.store, type_, id_, version_id)
 
 
@@ -235,6 +253,13 @@ def _criteria(type_: str, criteria: list[tuple[str, str]]) -> Search:
 
 
 async def _transact(ctx: Context, work):
+    """Run ``work`` as one unit of work; a restricted caller's writes go through the access guard."""
+    if ctx.access is not UNRESTRICTED:
+        unguarded = work
+
+        async def work(tx: Transaction):
+            return await unguarded(GuardedTransaction(tx, ctx.access))
+
     try:
         return await ctx.store.transact(work)
     except VersionConflict as exc:

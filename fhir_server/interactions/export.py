@@ -133,7 +133,10 @@ async def parse_kickoff(
             raise bad_request(f"_outputFormat={value!r} is not supported: use application/fhir+ndjson")
     since = _parse_since(sinces[0]) if sinces else None
     allowed = patient_compartment_types() if level != "system" else tuple(sorted(R4_RESOURCE_TYPES))
-    types = _parse_types(type_lists, allowed, level) if type_lists else allowed
+    readable = tuple(t for t in allowed if ctx.access.may(t, "s"))  # the token's types, silently
+    types = _parse_types(type_lists, allowed, level) if type_lists else readable
+    for type_ in types:
+        ctx.access.require(type_, "s")  # ... but a type asked for by name must be granted
     filters = await _parse_type_filters(ctx, type_filters, types, base)
     members: tuple[str, ...] = ()
     if level == "group":
@@ -239,7 +242,7 @@ def manifest(state: Mapping[str, Any], base: str) -> dict[str, Any]:
         "transactionTime": to_instant(state["transactionTime"]),
         "request": state["request"],
         # Not yet: the unguessable job id in the URL guards the files until SMART authorization arrives.
-        "requiresAccessToken": False,
+        "requiresAccessToken": bool(state.get("requires_token")),
         "output": [
             {"type": o["type"], "url": f"{base}/$export-file/{state['id']}/{o['file']}", "count": o["count"]}
             for o in state["output"]
@@ -300,6 +303,9 @@ class ExportManager:
             "progress": "queued",
             "output": [],
             "error": None,
+            # Only the caller who started the job may poll, download or cancel it.
+            "owner": ctx.access.owner(),
+            "requires_token": ctx.access.restricted,
         }
         job = Job(state, ctx, request)
         self._persist(job.state)
@@ -307,8 +313,13 @@ class ExportManager:
         self._queue.put_nowait(job.id)
         return job
 
-    def status(self, job_id: str) -> dict[str, Any] | None:
-        """The job's state, None if unknown or expired (an expired job is deleted on the way)."""
+    def status(self, job_id: str, owner: str = "") -> dict[str, Any] | None:
+        """The job's state, None if unknown, expired (an expired job is deleted on the way) or started
+        by another caller than ``owner``."""
+        state = self._status(job_id)
+        return state if state is not None and state.get("owner", "") == owner else None
+
+    def _status(self, job_id: str) -> dict[str, Any] | None:
         if not _JOB_ID.match(job_id):
             return None
         job = self.jobs.get(job_id)
@@ -324,9 +335,9 @@ class ExportManager:
             return None
         return state
 
-    def cancel(self, job_id: str) -> bool:
+    def cancel(self, job_id: str, owner: str = "") -> bool:
         """DELETE: stop the job if it runs, delete its state and files. False if unknown."""
-        if self.status(job_id) is None:
+        if self.status(job_id, owner) is None:
             return False
         job = self.jobs.pop(job_id, None)
         if job is not None:
@@ -334,9 +345,9 @@ class ExportManager:
         self._delete(job_id)  # removing the state file also stops a job running in another process
         return True
 
-    def file(self, job_id: str, name: str) -> Path | None:
+    def file(self, job_id: str, name: str, owner: str = "") -> Path | None:
         """The path of one output file of a complete job, None if there is no such file."""
-        state = self.status(job_id)
+        state = self.status(job_id, owner)
         if state is None or state["status"] != "completed" or not any(o["file"] == name for o in state["output"]):
             return None
         path = self.directory / job_id / name

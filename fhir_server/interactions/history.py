@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import bad_request
+from ..errors import bad_request, forbidden, not_found
 from ..instant import date_range
 from ..store import HistoryQuery, ResourceVersion
 from .context import Context
+from .crud import require_visible
 from .paging import decode_cursor, encode_cursor, page_size
 
 PARAMETERS = ("_count", "_since", "_at", "_cursor")
@@ -36,12 +37,34 @@ def _date(name: str, value: str) -> tuple[int, int]:
     return found
 
 
+async def _check_access(ctx: Context, type_: str | None, id_: str | None) -> None:
+    """Instance history is a read of the resource; type and system history list every version of every
+    resource, so a caller confined to part of the data (a patient's compartment, granular scopes) is
+    refused them rather than shown versions its constraints cannot test (index entries are current-only)."""
+    if type_ is None:
+        if not ctx.access.sees_everything():
+            raise forbidden("System history needs access to every resource type (e.g. system/*.rs)")
+        return
+    if id_ is not None:
+        ctx.access.require(type_, "r")
+        current = await ctx.store.read_current(type_, id_)
+        if current is not None and ctx.constraints(type_):
+            if current.deleted:
+                raise not_found(f"{type_}/{id_} is not known")
+            await require_visible(ctx, type_, id_)
+        return
+    ctx.access.require(type_, "s")
+    if ctx.constraints(type_):
+        raise forbidden(f"{type_} history is not available to a token confined to part of the {type_} data")
+
+
 async def history(
     ctx: Context, params: dict[str, list[str]], type_: str | None = None, id_: str | None = None
 ) -> HistoryPage:
     for name in params:
         if name not in PARAMETERS:
             raise bad_request(f"Parameter '{name}' is not supported by history (supported: {', '.join(PARAMETERS)})")
+    await _check_access(ctx, type_, id_)
     limit = page_size(_one(params, "_count"), ctx.settings.default_page_size, ctx.settings.max_page_size)
     since = _one(params, "_since")
     at = _one(params, "_at")

@@ -33,6 +33,9 @@ async def validate(ctx: Context, type_: str, id_: str | None, body: object, mode
         raise bad_request(f"mode={mode} needs the instance-level call [type]/[id]/$validate")
     if profile and profile != f"http://hl7.org/fhir/StructureDefinition/{type_}":
         raise not_supported(f"profile {profile!r} is not known to this server (only the R4 base profiles)")
+    ctx.access.require(type_, "d" if mode == "delete" else ("u" if id_ else "c"))
+    if id_ is not None and mode != "delete":
+        await crud.require_visible(ctx, type_, id_)
     if mode == "delete":
         await crud.read(ctx, type_, id_ or "")
         return []

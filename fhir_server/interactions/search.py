@@ -72,6 +72,7 @@ async def parse_request(
     lenient: bool = False,
     constraints: tuple[Condition, ...] = (),
 ) -> SearchRequest:
+    ctx.access.require(type_, "s")
     criteria, single, includes, revincludes = [], {}, [], []
     for name, value in params:
         if name in SINGLE:

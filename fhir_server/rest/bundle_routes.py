@@ -13,12 +13,13 @@ from ..fhirjson import dumps
 from ..instant import to_instant
 from ..interactions import bundles
 from .body import read_resource
+from .caller import context
 from .responses import base_url, fhir_response, prefer_return
 from .searchset import searchset
 
 
 async def process_bundle(request: Request) -> Response:
-    ctx = request.app.state.context
+    ctx = context(request)
     base = base_url(request)
     body = await read_resource(request)
     kind, entries = bundles.parse_entries(body, base, ctx.settings.max_bundle_entries)

@@ -18,6 +18,7 @@ from ..fhirjson import dumps
 from ..interactions import Context
 from ..interactions.export import RETRY_AFTER_SECONDS, ExportManager, Level, manifest, parse_kickoff
 from .body import read_resource
+from .caller import context
 from .negotiation import response_media_type
 from .responses import base_url
 
@@ -43,7 +44,11 @@ def _manager(request: Request) -> ExportManager:
 
 
 def _context(request: Request) -> Context:
-    return request.app.state.context
+    return context(request)
+
+
+def _owner(request: Request) -> str:
+    return context(request).access.owner()
 
 
 def _preferences(request: Request) -> set[str]:
@@ -125,7 +130,7 @@ async def export_group(request: Request, group_id: str) -> Response:
 
 @route("/$export-status/{job_id}", "GET")
 async def export_status(request: Request, job_id: str) -> Response:
-    state = _manager(request).status(job_id)
+    state = _manager(request).status(job_id, _owner(request))
     if state is None:
         raise not_found(f"No export job {job_id!r} (unknown, deleted or expired)")
     if state["status"] in ("queued", "running"):
@@ -140,14 +145,14 @@ async def export_status(request: Request, job_id: str) -> Response:
 
 @route("/$export-status/{job_id}", "DELETE")
 async def export_cancel(request: Request, job_id: str) -> Response:
-    if not _manager(request).cancel(job_id):
+    if not _manager(request).cancel(job_id, _owner(request)):
         raise not_found(f"No export job {job_id!r} (unknown, deleted or expired)")
     return _outcome(202, "information", "informational", "Export job cancelled; its files are deleted")
 
 
 @route("/$export-file/{job_id}/{file_name}", "GET")
 async def export_file(request: Request, job_id: str, file_name: str) -> Response:
-    path = _manager(request).file(job_id, file_name)
+    path = _manager(request).file(job_id, file_name, _owner(request))
     if path is None:
         raise not_found(f"No export file {file_name!r} for job {job_id!r}")
     return FileResponse(path, media_type=NDJSON)

@@ -4,7 +4,8 @@ A read is a B-tree lookup plus the stored bytes; FastAPI's per-request machinery
 solving, middleware stack) would cost several times that. Only the plain case is served here: no query
 string, no conditional or negotiation headers beyond a JSON ``Accept``, a live resource. Anything else
 (404/410, ``_format``, ``If-None-Match``, …) falls through to the full routes, which own the semantics.
-Any access check added to reads must be applied here too (tests exercise both paths).
+Access: a caller without read permission on the type, or confined to part of its data (patient
+context, granular scopes), falls through to the full route, which applies the rules.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..instant import to_http_date
 from ..interactions import Context
+from ..security.authenticate import ACCESS_KEY
 from ..validation import R4_RESOURCE_TYPES
 
 _SIMPLE_ACCEPT = {b"*/*", b"application/fhir+json", b"application/json", b"application/json, */*"}
@@ -44,6 +46,9 @@ class ReadFastPath:
         for name, value in scope["headers"]:
             if name in _FALLBACK_HEADERS or (name == b"accept" and value not in _SIMPLE_ACCEPT):
                 return False
+        access = scope.get(ACCESS_KEY)
+        if access is not None and (not access.may(target[0], "r") or access.constraints(target[0])):
+            return False  # refused or confined: the full route applies the rules (403, 404 outside)
         context: Context = self._state.context
         version = await context.store.read_current(*target)
         if version is None or version.body is None:

@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from ..errors import bad_request, not_found, unsupported_media_type
 from ..instant import from_http_date
-from ..interactions import Context, crud
+from ..interactions import crud
 from ..interactions import history as history_interaction
 from ..interactions import search as search_interaction
 from ..interactions.capabilities import capability_statement
@@ -21,6 +21,7 @@ from ..validation import R4_RESOURCE_TYPES
 from . import export_routes
 from .body import read_limited, read_resource
 from .bundle_routes import process_bundle
+from .caller import context
 from .responses import (
     base_url,
     bundle,
@@ -78,10 +79,6 @@ def route(path: str, method: str) -> Callable:
 
 # Parameters every interaction accepts (http://hl7.org/fhir/R4/http.html#parameters).
 GENERAL = ("_format", "_pretty")
-
-
-def context(request: Request) -> Context:
-    return request.app.state.context
 
 
 def resource_type(name: str) -> str:

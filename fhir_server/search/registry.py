@@ -1,4 +1,5 @@
-"""SearchParameter definitions: the official R4 set committed under capability/."""
+"""SearchParameter definitions: the official R4 set committed under capability/, plus ours
+(``search-parameters-custom.json``: parameters the access rules need, e.g. ``Binary?securitycontext``)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,16 @@ from pathlib import Path
 CAPABILITY_DIR = Path(__file__).resolve().parents[2] / "capability"
 
 
+SOURCES = ("search-parameters-r4.json", "search-parameters-custom.json")
+
+
 @lru_cache(maxsize=1)
 def definitions() -> tuple[dict, ...]:
-    with open(CAPABILITY_DIR / "search-parameters-r4.json", "rb") as f:
-        return tuple(json.load(f)["parameters"])
+    found: list[dict] = []
+    for name in SOURCES:
+        with open(CAPABILITY_DIR / name, "rb") as f:
+            found += json.load(f)["parameters"]
+    return tuple(found)
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,124 @@
+"""From SMART scopes to what a caller may do: ``ScopedAccess`` implements ``interactions.access.Access``.
+
+Data confinement, per grant (http://hl7.org/fhir/smart-app-launch/scopes-and-launch-context.html):
+- ``patient/``: the Patient compartment of the token's ``patient`` (R4 CompartmentDefinition); Binary
+  through its ``securityContext`` (the Patient, or a DocumentReference of theirs); types outside the
+  compartment (Practitioner, Organization, Medication, …) are shared reference data: readable, not
+  writable. No ``patient`` in the token: patient grants reach nothing.
+- ``user/``: a patient or guardian user (fhirUser Patient/RelatedPerson) is confined like ``patient/`` to
+  the patients they manage; a professional user is not narrowed here (the habilitation-matrix policy
+  narrows next).
+- ``system/``: not narrowed (backend services of trusted professional software).
+Granular criteria (``?category=…``) are parsed by the search engine and ANDed in; grants OR together.
+"""
+
+from __future__ import annotations
+
+from ..errors import FhirError
+from ..interactions.access import NOTHING, READ_OR_SEARCH, Access
+from ..search.compartments import compartment_condition, definitions
+from ..search.parameters import parse
+from ..store.query import AllOf, AnyOf, Condition, IdIn
+from .principal import Principal
+from .scopes import ScopeGrant
+
+_PATIENT_USERS = ("Patient", "RelatedPerson")
+Filter = tuple[Condition, ...]
+
+
+class ScopedAccess(Access):
+    restricted = True
+
+    def __init__(self, principal: Principal) -> None:
+        self.principal = principal
+        self._constraints: dict[tuple[str, str], Filter] = {}
+
+    def may(self, type_: str, permission: str) -> bool:
+        return any(g.covers(type_, permission) for g in self.principal.grants)
+
+    def owner(self) -> str:
+        return f"{self.principal.client_id}|{self.principal.subject}"
+
+    def sees_everything(self) -> bool:
+        return any(
+            g.type == "*" and {"r", "s"} <= g.permissions and not g.criteria and self._unconfined(g.context)
+            for g in self.principal.grants
+        )
+
+    def constraints(self, type_: str, permissions: str = READ_OR_SEARCH) -> Filter:
+        key = (type_, permissions)
+        found = self._constraints.get(key)
+        if found is None:
+            found = self._constraints[key] = self._compute(type_, permissions)
+        return found
+
+    def _compute(self, type_: str, permissions: str) -> Filter:
+        wanted = set(permissions)
+        writing = not wanted <= set(READ_OR_SEARCH)
+        alternatives: list[Filter] = []
+        for grant in self.principal.grants:
+            if grant.type not in ("*", type_) or not grant.permissions & wanted:
+                continue
+            found = self._grant_filter(grant, type_, writing)
+            if found == ():
+                return ()  # one unconfined grant: nothing to narrow
+            if found is not None:
+                alternatives.append(found)
+        if not alternatives:
+            return NOTHING
+        if len(alternatives) == 1:
+            return alternatives[0]
+        return (AnyOf(tuple(f[0] if len(f) == 1 else AllOf(f) for f in alternatives)),)
+
+    def _grant_filter(self, grant: ScopeGrant, type_: str, writing: bool) -> Filter | None:
+        """The data one grant reaches for ``type_``; None when it reaches nothing."""
+        confinement = self._confinement(grant.context, type_, writing)
+        if confinement is None or not grant.criteria:
+            return confinement
+        try:
+            criteria = parse(type_, list(grant.criteria)).where
+        except FhirError:  # criteria that do not apply to this type narrow it to nothing
+            return None
+        return (*confinement, *criteria)
+
+    def _unconfined(self, context: str) -> bool:
+        return context == "system" or (context == "user" and self.principal.fhir_user_type not in _PATIENT_USERS)
+
+    def _confinement(self, context: str, type_: str, writing: bool) -> Filter | None:
+        if self._unconfined(context):
+            return ()
+        patients = self._patients(context)
+        if not patients:
+            return None
+        return patient_data(patients, type_, writing)
+
+    def _patients(self, context: str) -> tuple[str, ...]:
+        principal = self.principal
+        if context == "patient":
+            return (principal.patient,) if principal.patient else ()
+        if principal.managed_patients:
+            return principal.managed_patients
+        if principal.fhir_user_type == "Patient" and principal.fhir_user:
+            return (principal.fhir_user.split("/", 1)[1],)
+        return ()
+
+
+def patient_data(patients: tuple[str, ...], type_: str, writing: bool) -> Filter | None:
+    """The ``type_`` resources that are these patients' data (None: none may be reached)."""
+    if type_ == "Patient":  # their own records only (the compartment's ``link`` would add linked ones)
+        return (IdIn(patients),)
+    if type_ == "Binary":
+        conditions = [binary_of(p) for p in patients]
+    elif type_ in definitions()["Patient"]:
+        conditions = [compartment_condition("Patient", p, type_) for p in patients]
+    else:  # not patient data: shared reference resources, readable but not writable by patient tokens
+        return None if writing else ()
+    return (conditions[0] if len(conditions) == 1 else AnyOf(tuple(conditions)),)
+
+
+def binary_of(patient: str) -> Condition:
+    """A Binary whose securityContext is the patient or one of their DocumentReferences."""
+    reference = f"Patient/{patient}"
+    pairs = [("securitycontext", reference), ("securitycontext:DocumentReference.patient", reference)]
+    direct, via_document = parse("Binary", pairs[:1]).where[0], parse("Binary", pairs[1:]).where[0]
+    return AnyOf((direct, via_document))

@@ -1,0 +1,145 @@
+"""Bearer-token authentication (RFC 6750) in front of every FHIR endpoint, the read fast path included.
+
+A verified token becomes a ``Principal`` and its ``ScopedAccess`` in the ASGI scope; interactions
+enforce it (rest.caller.context). Discovery, the CapabilityStatement and the OAuth endpoints are public.
+Signature checks are cached per token (until it expires); revocation is re-checked at most every
+``REVOCATION_RECHECK_SECONDS`` per token (immediately in the process that revoked it, see ``forget``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from typing import Any, Protocol
+
+import anyio.to_thread
+from starlette.datastructures import State
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ..errors import Issue, operation_outcome
+from ..fhirjson import dumps
+from .access import ScopedAccess
+from .principal import Principal
+
+log = logging.getLogger("fhir_server.security")
+
+ACCESS_KEY = "fhir.access"  # the caller's ScopedAccess in the ASGI scope (read by rest.caller)
+PUBLIC_PATHS = ("/metadata",)
+PUBLIC_PREFIXES = ("/.well-known/", "/auth/")
+REVOCATION_RECHECK_SECONDS = 2.0
+CACHE_SIZE = 10_000
+REALM = 'Bearer realm="fhir-server"'
+
+
+class TokenVerifier(Protocol):
+    """What the authorization server offers the resource server (fhir_server.auth)."""
+
+    def verify_access_token(self, token: str, audience: str) -> dict[str, Any]: ...
+
+    def is_revoked(self, jti: str) -> bool: ...
+
+
+class InvalidCredentials(Exception):
+    pass
+
+
+class _Verified:
+    __slots__ = ("access", "checked")
+
+    def __init__(self, access: ScopedAccess, checked: float) -> None:
+        self.access = access
+        self.checked = checked
+
+
+class Authenticate:
+    def __init__(self, app: ASGIApp, state: State) -> None:
+        self.app = app
+        self._state = state  # app.state.auth: the authorization server, None when auth is off
+        self._cache: OrderedDict[str, _Verified] = OrderedDict()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        verifier: TokenVerifier | None = getattr(self._state, "auth", None)
+        if scope["type"] != "http" or verifier is None or _is_public(scope):
+            await self.app(scope, receive, send)
+            return
+        token = _bearer(scope)
+        if token is None:
+            await _challenge(send, "The request needs an access token: Authorization: Bearer <token>", None)
+            return
+        try:
+            scope[ACCESS_KEY] = await self._access(verifier, token, scope)
+        except InvalidCredentials as exc:
+            await _challenge(send, f"The access token is not valid: {exc}", "invalid_token")
+            return
+        await self.app(scope, receive, send)
+
+    def forget(self, jti: str) -> None:
+        """Drop a revoked token from the cache at once (revocation endpoint of this process)."""
+        for token, verified in list(self._cache.items()):
+            if verified.access.principal.token_id == jti:
+                del self._cache[token]
+
+    async def _access(self, verifier: TokenVerifier, token: str, scope: Scope) -> ScopedAccess:
+        now = time.time()
+        verified = self._cache.get(token)
+        if verified is None:
+            try:
+                claims = verifier.verify_access_token(token, _audience(scope, self._state))
+            except Exception as exc:  # InvalidToken from the authorization server, or a malformed token
+                raise InvalidCredentials(getattr(exc, "description", None) or "signature or claims rejected") from None
+            verified = _Verified(ScopedAccess(Principal.from_claims(claims)), 0.0)
+        principal = verified.access.principal
+        if principal.expires_at and principal.expires_at < now:
+            self._cache.pop(token, None)
+            raise InvalidCredentials("it has expired")
+        if now - verified.checked > REVOCATION_RECHECK_SECONDS:
+            if principal.token_id and await anyio.to_thread.run_sync(verifier.is_revoked, principal.token_id):
+                self._cache.pop(token, None)
+                raise InvalidCredentials("it was revoked")
+            verified.checked = now
+        self._remember(token, verified)
+        return verified.access
+
+    def _remember(self, token: str, verified: _Verified) -> None:
+        self._cache[token] = verified
+        self._cache.move_to_end(token)
+        while len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+
+
+def _is_public(scope: Scope) -> bool:
+    path: str = scope["path"]
+    root = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+def _bearer(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            kind, _, token = value.decode("latin-1").partition(" ")
+            token = token.strip()
+            return token if kind.lower() == "bearer" and token else None
+    return None
+
+
+def _audience(scope: Scope, state: State) -> str:
+    configured = state.settings.base_url
+    return configured.rstrip("/") if configured else str(Request(scope).base_url).rstrip("/")
+
+
+async def _challenge(send: Send, text: str, error: str | None) -> None:
+    """401 with the RFC 6750 challenge and an OperationOutcome (never the token, never its claims)."""
+    quoted = text.replace('"', "'")
+    challenge = REALM if error is None else f'{REALM}, error="{error}", error_description="{quoted}"'
+    body = dumps(operation_outcome([Issue("login", text)]))
+    headers = [
+        (b"content-type", b"application/fhir+json; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        (b"www-authenticate", challenge.encode("latin-1", "replace")),
+    ]
+    await send({"type": "http.response.start", "status": 401, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
