@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import __version__
@@ -61,9 +62,10 @@ class FhirApp:
     def __init__(self, app: FastAPI) -> None:
         self.fastapi = app
         self.authenticate = Authenticate(ReadFastPath(app, app.state), app.state)
+        self._entry: ASGIApp = with_cors(self.authenticate, app.state.settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.authenticate(scope, receive, send)
+        await self._entry(scope, receive, send)
 
     @property
     def state(self):  # tests and tools reach settings/context through app.state
@@ -77,3 +79,24 @@ class FhirApp:
 def app_from_env() -> ASGIApp:
     """Factory for uvicorn workers: settings come from FHIR_SERVER_* variables."""
     return create_app(Settings())
+
+
+def with_cors(app: ASGIApp, settings: Settings) -> ASGIApp:
+    """CORS outermost, so browser preflights (which carry no token) are answered before authentication."""
+    origins = [o.strip() for o in settings.cors_allow_origins.split(",") if o.strip()]
+    if not origins:
+        return app
+    return CORSMiddleware(
+        app,
+        allow_origins=origins,
+        allow_methods=("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"),
+        allow_headers=CORS_REQUEST_HEADERS,
+        expose_headers=CORS_RESPONSE_HEADERS,
+        max_age=3600,
+    )
+
+
+CORS_REQUEST_HEADERS = ("Authorization", "Content-Type", "Accept", "Prefer", "If-Match", "If-None-Match",
+                        "If-None-Exist", "If-Modified-Since", "X-Requested-With")  # fmt: skip
+CORS_RESPONSE_HEADERS = ("Location", "Content-Location", "ETag", "Last-Modified", "X-Progress", "Retry-After",
+                         "WWW-Authenticate", "Expires")  # fmt: skip

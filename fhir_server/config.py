@@ -43,6 +43,11 @@ class Settings(BaseSettings):
         "mongodb://…; default: beside the store (auth.db next to the SQLite file, auth_* collections in the "
         "MongoDB database)",
     )
+    cors_allow_origins: str = Field(
+        "*",
+        description="Origins allowed to call the API from a browser (CORS), comma-separated; '*' = any "
+        "(bearer tokens, no cookies: SMART apps run on their own origins); empty = CORS off",
+    )
     access_token_lifetime: int = Field(300, ge=10, description="Seconds an access token is valid")
     refresh_token_lifetime: int = Field(30 * 24 * 3600, ge=60, description="Seconds an offline refresh token is valid")
     authorization_code_lifetime: int = Field(60, ge=5, description="Seconds an authorization code is valid")

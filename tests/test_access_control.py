@@ -332,3 +332,19 @@ def test_scope_grammar(scope, expected):
         assert grant is None
     else:
         assert (grant.context, grant.type, "".join(c for c in "cruds" if c in grant.permissions)) == expected
+
+
+async def test_browser_apps_get_cors_before_authentication(store_url):
+    """SMART apps run on their own origin: preflights carry no token and must be answered."""
+    async with secured(store_url) as (c, _):
+        origin = {"Origin": "https://app.example"}
+        preflight = await c.options("/Patient/anne", headers={**origin, "Access-Control-Request-Method": "GET",
+                                                              "Access-Control-Request-Headers": "authorization"})  # fmt: skip
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "*"
+        assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+        read = await c.get("/Patient/anne", headers={**origin, **token("system/*.rs")})
+        assert read.status_code == 200 and read.headers["access-control-allow-origin"] == "*"
+        assert "etag" in read.headers["access-control-expose-headers"].lower()
+        refused = await c.get("/Patient/anne", headers=origin)
+        assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] == "*"
