@@ -10,6 +10,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import __version__
+from .auth import auth_routes, create_auth_server
 from .config import Settings
 from .interactions import Context
 from .interactions.definitions import load_search_parameters
@@ -24,10 +25,14 @@ from .validation import warm_up
 def create_app(settings: Settings | None = None) -> ASGIApp:
     settings = settings or Settings()
     store = open_store(settings.store, write_concern=settings.mongo_write_concern)
+    # --- SMART authorization server (fhir_server.auth): None when auth is off
+    auth = create_auth_server(settings, settings.store) if settings.auth else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await store.start()
+        if auth is not None:
+            await auth.start()
         warm_up()
         if settings.load_definitions:
             await load_search_parameters(store)
@@ -37,6 +42,8 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
             yield
         finally:
             await app.state.exports.stop()
+            if auth is not None:
+                await auth.close()
             await store.close()
 
     # No generated docs routes: the URL space belongs to FHIR ([base]/[type]/…).
@@ -52,8 +59,16 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     app.state.settings = settings
     app.state.context = Context(store=store, settings=settings)
     errors.install(app)
+    # --- SMART authorization server: its endpoints first (/.well-known/…, /auth/…)
+    app.state.auth = auth
+    if auth is not None:
+        app.router.routes.extend(auth_routes())
+    # ---
     app.router.routes.extend([*routes.routes, routes.INVALID_ID])
-    return FhirApp(app)
+    fhir_app = FhirApp(app)
+    if auth is not None:
+        auth.on_revoked(fhir_app.authenticate.forget)  # revoked here → dropped from the token cache at once
+    return fhir_app
 
 
 class FhirApp:
@@ -86,7 +101,7 @@ def with_cors(app: ASGIApp, settings: Settings) -> ASGIApp:
     origins = [o.strip() for o in settings.cors_allow_origins.split(",") if o.strip()]
     if not origins:
         return app
-    return CORSMiddleware(
+    cors = CORSMiddleware(
         app,
         allow_origins=origins,
         allow_methods=("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"),
@@ -94,6 +109,15 @@ def with_cors(app: ASGIApp, settings: Settings) -> ASGIApp:
         expose_headers=CORS_RESPONSE_HEADERS,
         max_age=3600,
     )
+
+    async def entry(scope: Scope, receive: Receive, send: Send) -> None:
+        # Only browser requests carry Origin: the others skip the middleware's header parsing (hot path).
+        if scope["type"] == "http" and any(name == b"origin" for name, _ in scope["headers"]):
+            await cors(scope, receive, send)
+        else:
+            await app(scope, receive, send)
+
+    return entry
 
 
 CORS_REQUEST_HEADERS = ("Authorization", "Content-Type", "Accept", "Prefer", "If-Match", "If-None-Match",
