@@ -31,7 +31,40 @@ def _reject_constant(name: str) -> Any:
 
 
 def loads(body: bytes, *, max_depth: int = 64) -> Any:
-    """Parse a request body: strict UTF-8, valid JSON, bounded nesting; errors are 400s."""
+    """Parse a request body: strict UTF-8, valid JSON, bounded nesting; errors are 400s.
+
+    orjson first (several times faster); a body with a decimal number in it is parsed again with
+    ``Decimal`` (orjson would round it to a float), as is anything orjson refuses (for the message)."""
+    if body.startswith(b"\xef\xbb\xbf"):
+        body = body[3:]
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        if not _has_float(value, max_depth):
+            return value
+    return _loads_exact(body, max_depth)
+
+
+def _has_float(value: Any, max_depth: int) -> bool:
+    """Checks the nesting bound on the way (400 beyond it)."""
+    stack = [(value, 1)]
+    found = False
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            raise bad_request(f"JSON nesting deeper than {max_depth} levels")
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+            elif isinstance(child, float):
+                found = True
+    return found
+
+
+def _loads_exact(body: bytes, max_depth: int) -> Any:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -48,10 +48,12 @@ import { chromium } from "playwright-core";
 const SELECTORS = {
   username: 'input[name="username"]',
   password: 'input[name="password"]',
-  otp: 'input[name="otp"]',
+  otp: 'input[name="otp"], input[name="code"]',
   patientRadio: 'input[type="radio"][name="patient"]',
   scopeCheckbox: 'input[type="checkbox"][name="scope"]',
-  decisionButton: (value) => `button[name="decision"][value="${value}"], input[type="submit"][name="decision"][value="${value}"]`,
+  decisionButton: (value) =>
+    `button[name="action"][value="${value}"], button[name="decision"][value="${value}"], ` +
+    `input[type="submit"][name="decision"][value="${value}"]`,
   submit: 'button[type="submit"], input[type="submit"], button:not([type])',
   // The app page's result element; the app sets its data-status ("ok" or "error") when done.
   result: "#result",
