@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_parser(sub)
     _reindex_parser(sub)
     _load_parser(sub)
+    from .auth.cli import add_commands as add_auth_commands  # users, clients, token, launch, keys
+
+    add_auth_commands(sub)
     return parser
 
 

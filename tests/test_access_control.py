@@ -230,7 +230,8 @@ async def test_patient_writes_stay_in_the_compartment(store_url):
         assert (await c.put("/Observation/b-vital", json=observation("b-vital", "anne"), headers=h)).status_code == 404
         assert (await c.put("/Observation/a-vital", json=observation("a-vital", "bruno"), headers=h)).status_code == 403
         patch = [{"op": "replace", "path": "/subject/reference", "value": "Patient/bruno"}]
-        r = await c.patch("/Observation/a-vital", json=patch, headers={**h, "Content-Type": "application/json-patch+json"})
+        patch_headers = {**h, "Content-Type": "application/json-patch+json"}
+        r = await c.patch("/Observation/a-vital", json=patch, headers=patch_headers)
         assert r.status_code == 403
         assert (await c.delete("/Observation/b-vital", headers=h)).status_code == 404
         # A transaction with one foreign entry fails whole, nothing written.
@@ -338,8 +339,8 @@ async def test_browser_apps_get_cors_before_authentication(store_url):
     """SMART apps run on their own origin: preflights carry no token and must be answered."""
     async with secured(store_url) as (c, _):
         origin = {"Origin": "https://app.example"}
-        preflight = await c.options("/Patient/anne", headers={**origin, "Access-Control-Request-Method": "GET",
-                                                              "Access-Control-Request-Headers": "authorization"})  # fmt: skip
+        asks = {"Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "authorization"}
+        preflight = await c.options("/Patient/anne", headers={**origin, **asks})
         assert preflight.status_code == 200
         assert preflight.headers["access-control-allow-origin"] == "*"
         assert "authorization" in preflight.headers["access-control-allow-headers"].lower()

@@ -46,6 +46,17 @@ def test_serve_default_store_is_created_under_data(tmp_path: Path):
         assert f"http://127.0.0.1:{port}" in first
         assert wait_until_serving(f"http://127.0.0.1:{port}", proc)
         assert (tmp_path / "data" / "fhir.db").exists()
+        # Auth is on by default: FHIR data needs a token; discovery does not.
+        refused = httpx.get(f"http://127.0.0.1:{port}/Patient")
+        assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer")
+        assert httpx.get(f"http://127.0.0.1:{port}/.well-known/smart-configuration").status_code == 200
+        token = subprocess.run(
+            [*fhir_server_command(), "token", "--client", "script", "--scope", "system/*.rs", "--aud",
+             f"http://127.0.0.1:{port}"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        found = httpx.get(f"http://127.0.0.1:{port}/Patient", headers={"Authorization": f"Bearer {token}"})
+        assert found.status_code == 200 and found.json()["resourceType"] == "Bundle"
     finally:
         proc.terminate()
         proc.wait(timeout=15)
@@ -57,5 +68,32 @@ def test_help_lists_subcommands():
     serve_help = subprocess.run(
         [*fhir_server_command(), "serve", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    for flag in ("--host", "--port", "--store", "--workers"):
+    for flag in ("--host", "--port", "--store", "--workers", "--auth"):
         assert flag in serve_help
+
+
+def test_auth_off_is_refused_off_loopback(tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FHIR_SERVER_")}
+    done = subprocess.run(
+        [*fhir_server_command(), "serve", "--host", "0.0.0.0", "--port", str(free_port()), "--auth", "off"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "loopback" in done.stderr
+    assert not (tmp_path / "data").exists()  # refused before anything was opened
+
+
+def test_auth_off_warns_loudly(tmp_path: Path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FHIR_SERVER_")}
+    proc = subprocess.Popen(
+        [*fhir_server_command(), "serve", "--port", str(port), "--auth", "off"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert wait_until_serving(f"http://127.0.0.1:{port}", proc)
+        assert httpx.get(f"http://127.0.0.1:{port}/Patient").status_code == 200
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=15)
+    assert "authentication is OFF" in err

@@ -72,7 +72,8 @@ def _resource(type_: str) -> dict:
 
 
 @lru_cache(maxsize=16)
-def capability_statement(base: str) -> bytes:
+def capability_statement(base: str, smart: bool = False) -> bytes:
+    """``smart``: SMART authorization is on, so ``rest.security`` names the OAuth endpoints."""
     statement = {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -94,4 +95,8 @@ def capability_statement(base: str) -> bytes:
             }
         ],
     }
+    if smart:
+        from ..auth.discovery import security_element
+
+        statement["rest"][0]["security"] = security_element(base)
     return dumps(statement)

@@ -114,7 +114,7 @@ def _not_modified(request: Request, version: ResourceVersion) -> bool:
 
 @route("/metadata", "GET")
 async def metadata(request: Request) -> Response:
-    return fhir_response(request, capability_statement(base_url(request)))
+    return fhir_response(request, capability_statement(base_url(request), smart=request.app.state.auth is not None))
 
 
 @route("/", "POST")

@@ -1,0 +1,179 @@
+"""``fhir-server users|clients|token|launch|keys``: administering the authorization server.
+
+Each command opens the auth state (``FHIR_SERVER_AUTH_STATE``, else beside ``--store``), does one thing
+and prints its result on stdout (secrets only there, once); messages go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from ..config import Settings
+from .clients import CLIENT_TYPES, ClientError
+from .server import AuthServer, create_auth_server
+from .totp import provisioning_uri
+from .users import UserError
+
+STORE_HELP = "store URL (default sqlite:///./data/fhir.db; env FHIR_SERVER_STORE); the auth state lives beside it"
+
+
+def _server(args: argparse.Namespace) -> AuthServer:
+    settings = Settings(store=args.store) if args.store else Settings()  # type: ignore[call-arg]
+    auth = create_auth_server(settings, settings.store)
+    auth.start_sync()
+    return auth
+
+
+def _run(action: Callable[[AuthServer, argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        auth = _server(args)
+        try:
+            return action(auth, args)
+        except (ClientError, UserError, ValueError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            auth.close_sync()
+
+    return command
+
+
+def _store(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", help=STORE_HELP)
+
+
+# --- users ------------------------------------------------------------------------------------------
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise ValueError("no terminal to prompt for the password: use --password-stdin")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Password (again): ") != first:
+        raise ValueError("the passwords differ")
+    return first
+
+
+def users_add(auth: AuthServer, args: argparse.Namespace) -> int:
+    password = _read_password(args)
+    user = auth.add_user(
+        args.username, password, fhir_user=args.fhir_user, patients=args.patients, with_totp=args.totp, name=args.name
+    )
+    print(f"user {user.username} saved", file=sys.stderr)
+    if user.totp_secret:
+        print(provisioning_uri(user.totp_secret, user.username))
+    return 0
+
+
+# --- clients ----------------------------------------------------------------------------------------
+def clients_add(auth: AuthServer, args: argparse.Namespace) -> int:
+    jwks = json.loads(Path(args.jwks).read_text()) if args.jwks else None
+    secret = auth.add_client(
+        args.client_id,
+        args.type,
+        redirect_uris=args.redirect_uris,
+        scope=args.scope,
+        jwks=jwks,
+        jwks_url=args.jwks_url,
+        name=args.name,
+    )
+    print(f"client {args.client_id} ({args.type}) saved", file=sys.stderr)
+    if secret:
+        print(secret)
+        print("the client secret is shown once: keep it now", file=sys.stderr)
+    return 0
+
+
+# --- token, launch, keys -----------------------------------------------------------------------------
+def token(auth: AuthServer, args: argparse.Namespace) -> int:
+    if auth.client(args.client) is None:
+        print(f"warning: client {args.client!r} is not registered", file=sys.stderr)
+    print(
+        auth.mint_access_token(
+            client_id=args.client,
+            scope=args.scope,
+            sub=args.sub,
+            patient=args.patient,
+            encounter=args.encounter,
+            fhir_user=args.fhir_user,
+            managed_patients=args.managed_patients,
+            audience=args.aud,
+            lifetime=args.lifetime,
+        )
+    )
+    return 0
+
+
+def launch(auth: AuthServer, args: argparse.Namespace) -> int:
+    print(auth.create_launch(args.patient, args.encounter, args.user))
+    return 0
+
+
+def keys_rotate(auth: AuthServer, args: argparse.Namespace) -> int:
+    kid = auth.rotate_keys(0 if args.now else None)
+    when = "now" if args.now else "in 60 s (once every server process has loaded it)"
+    print(kid)
+    print(f"new signing key {kid}: signs {when}; the previous key stays published until its tokens expire",
+          file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register the authorization server's subcommands on the ``fhir-server`` parser."""
+    users = sub.add_parser("users", help="manage users who sign in (SMART authorization)")
+    users_sub = users.add_subparsers(title="users commands", metavar="ACTION", required=True)
+    p = users_sub.add_parser("add", help="create or replace a user", description="Create or replace a user.")
+    p.add_argument("username")
+    p.add_argument("--fhir-user", required=True, help="the user's own resource: Patient/123, Practitioner/9, …")
+    p.add_argument("--patient", action="append", dest="patients", metavar="ID", help="a Patient the user acts for")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin (one line)")
+    p.add_argument("--totp", action="store_true", help="require a TOTP code (prints the otpauth:// URI)")
+    p.add_argument("--name", help="display name (id_token/userinfo 'name')")
+    _store(p)
+    p.set_defaults(func=_run(users_add))
+
+    clients = sub.add_parser("clients", help="manage client applications (SMART authorization)")
+    clients_sub = clients.add_subparsers(title="clients commands", metavar="ACTION", required=True)
+    p = clients_sub.add_parser("add", help="register or replace a client", description="Register or replace a client.")
+    p.add_argument("client_id")
+    p.add_argument("--type", required=True, choices=CLIENT_TYPES)
+    p.add_argument("--redirect-uri", action="append", dest="redirect_uris", metavar="URL", help="repeatable")
+    p.add_argument("--scope", help="the scopes it may request (wildcards allowed, e.g. 'patient/*.rs')")
+    keys = p.add_mutually_exclusive_group()
+    keys.add_argument("--jwks", metavar="FILE", help="its public keys (JWKS JSON file): private_key_jwt")
+    keys.add_argument("--jwks-url", metavar="URL", help="where its public keys are published: private_key_jwt")
+    p.add_argument("--name", help="name shown on the consent page")
+    _store(p)
+    p.set_defaults(func=_run(clients_add))
+
+    p = sub.add_parser("token", help="mint an access token", description="Print a signed access token.")
+    p.add_argument("--client", required=True, metavar="CLIENT_ID")
+    p.add_argument("--scope", required=True)
+    p.add_argument("--patient", metavar="ID", help="patient in context")
+    p.add_argument("--encounter", metavar="ID", help="encounter in context")
+    p.add_argument("--sub", help="subject (default: the client id)")
+    p.add_argument("--fhir-user", help="e.g. Practitioner/9")
+    p.add_argument("--managed-patient", action="append", dest="managed_patients", metavar="ID")
+    p.add_argument("--lifetime", type=int, metavar="S", help="seconds (default: access_token_lifetime)")
+    p.add_argument("--aud", metavar="URL", help="FHIR base URL (default: FHIR_SERVER_BASE_URL or http://host:port)")
+    _store(p)
+    p.set_defaults(func=_run(token))
+
+    p = sub.add_parser("launch", help="create an EHR launch context", description="Print a launch id.")
+    p.add_argument("--patient", metavar="ID")
+    p.add_argument("--encounter", metavar="ID")
+    p.add_argument("--user", metavar="USERNAME", help="only this user may sign in with it")
+    _store(p)
+    p.set_defaults(func=_run(launch))
+
+    keys_parser = sub.add_parser("keys", help="manage the token signing keys")
+    keys_sub = keys_parser.add_subparsers(title="keys commands", metavar="ACTION", required=True)
+    p = keys_sub.add_parser("rotate", help="make a new signing key", description="Rotate the token signing key.")
+    p.add_argument("--now", action="store_true", help="sign with it at once (single-process deployments, tests)")
+    _store(p)
+    p.set_defaults(func=_run(keys_rotate))

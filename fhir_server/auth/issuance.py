@@ -1,0 +1,202 @@
+"""Issuing and inspecting tokens: the token endpoint's answers, refresh tokens, id_tokens, introspection.
+
+Refresh tokens are opaque random strings, stored by hash with the ``Subject`` of their grant and
+rotated at every use (the old one is marked used; presenting it again revokes the whole family).
+``offline_access`` → valid ``refresh_token_lifetime`` seconds from each rotation (sliding);
+``online_access`` → valid as long as the browser login session that approved it (8 h at most,
+ended by logging out), and never longer than ``refresh_token_lifetime``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from authlib.oidc.core.grants.util import create_half_hash
+
+from ..config import Settings
+from . import scopes as smart
+from .clients import Client
+from .keys import ALG, KeyRing
+from .state import SESSION, AuthState, secret_id
+from .subject import Subject
+from .tokens import LEEWAY, AccessTokenRequest, InvalidToken, mint_access_token, mint_id_token, verify_access_token
+
+ID_TOKEN_LIFETIME = 3600
+
+
+class TokenIssuer:
+    def __init__(
+        self, settings: Settings, state: AuthState, keys: KeyRing, notify: Callable[[list[str]], None] | None = None
+    ) -> None:
+        self.settings = settings
+        self.state = state
+        self.keys = keys
+        self._notify = notify or (lambda jtis: None)  # tells the resource server's cache at once
+
+    def revoke_access_token(self, jti: str, exp: float) -> None:
+        self.state.revoke_access_token(jti, exp + LEEWAY)
+        self._notify([jti])
+
+    def revoke_family(self, family: str) -> None:
+        """End a grant: its refresh tokens and the access tokens issued from it."""
+        self._notify(self.state.revoke_family(family, time.time() + self.settings.refresh_token_lifetime))
+
+    def issue(self, *, base: str, client: Client, subject: Subject | None, scope: str, refresh: bool) -> dict:
+        """The token endpoint's JSON body (RFC 6749 §5.1 plus SMART's context parameters)."""
+        now = time.time()
+        self.keys.reload_if_stale(now)
+        lifetime = self.settings.access_token_lifetime
+        request = _access_token_request(base, client, subject, scope, lifetime)
+        token, claims = mint_access_token(self.keys, request, now)
+        body: dict = {"access_token": token, "token_type": "Bearer", "expires_in": lifetime, "scope": scope}
+        if subject is None:
+            return body
+        self.state.record_access_token(claims["jti"], subject.family, claims["exp"] + LEEWAY)
+        if subject.patient:
+            body["patient"] = subject.patient
+        if subject.encounter:
+            body["encounter"] = subject.encounter
+        body["need_patient_banner"] = not subject.ehr_launch
+        refresh_token = self._refresh_token(client, subject, now) if refresh else None
+        if refresh_token:
+            body["refresh_token"] = refresh_token
+        return body
+
+    def _refresh_token(self, client: Client, subject: Subject, now: float) -> str | None:
+        granted = smart.split(subject.scope)
+        expires = now + self.settings.refresh_token_lifetime
+        if smart.OFFLINE not in granted:
+            if smart.ONLINE not in granted or subject.session is None:
+                return None
+            session = self.state.get_temp(SESSION, subject.session, now)
+            if session is None:
+                return None
+            expires = min(expires, session["expires"])
+        token = secrets.token_urlsafe(32)
+        doc = {"client_id": client.client_id, "subject": subject.to_doc(), "online": smart.OFFLINE not in granted}
+        self.state.put_refresh_token(secret_id(token), subject.family, doc, expires)
+        return token
+
+    def id_token(
+        self, *, base: str, client: Client, subject: Subject, scope: str, nonce: str | None, access_token: str
+    ) -> str:
+        """OpenID Connect id_token; ``fhirUser`` is the absolute URL of the user's resource (SMART)."""
+        now = int(time.time())
+        claims: dict = {
+            "iss": base,
+            "sub": subject.username,
+            "aud": client.client_id,
+            "iat": now,
+            "exp": now + ID_TOKEN_LIFETIME,
+        }
+        if subject.auth_time is not None:
+            claims["auth_time"] = subject.auth_time
+        if subject.amr:
+            claims["amr"] = list(subject.amr)
+        if nonce:
+            claims["nonce"] = nonce
+        claims["at_hash"] = create_half_hash(access_token, ALG).decode()  # binds the id_token to the access token
+        granted = smart.split(scope)
+        if smart.FHIR_USER in granted and subject.fhir_user:
+            claims["fhirUser"] = f"{base}/{subject.fhir_user}"
+        if smart.PROFILE in granted and subject.name:
+            claims["name"] = subject.name
+        return mint_id_token(self.keys, claims)
+
+    # --- introspection and revocation
+    def find(self, token: str, base: str) -> AccessTokenInfo | RefreshTokenInfo | None:
+        """The live token a string is, whatever its kind (hints are only hints, RFC 7009 §2.1)."""
+        if token.count(".") == 2:
+            try:
+                return AccessTokenInfo(verify_access_token(self.keys, token, base), self)
+            except InvalidToken:
+                return None
+        record = self.state.get_refresh_token(secret_id(token))
+        return RefreshTokenInfo(record, self) if record is not None else None
+
+
+def _access_token_request(
+    base: str, client: Client, subject: Subject | None, scope: str, lifetime: int
+) -> AccessTokenRequest:
+    if subject is None:  # backend service: the client acts for itself
+        return AccessTokenRequest(client.client_id, scope, client.client_id, base, lifetime)
+    return AccessTokenRequest(
+        client_id=client.client_id,
+        scope=scope,
+        sub=subject.username,
+        audience=base,
+        lifetime=lifetime,
+        patient=subject.patient,
+        encounter=subject.encounter,
+        fhir_user=subject.fhir_user,
+        managed_patients=subject.managed_patients,
+    )
+
+
+@dataclass
+class AccessTokenInfo:
+    claims: dict
+    issuer: TokenIssuer
+
+    def check_client(self, client: Client) -> bool:
+        return self.claims["client_id"] == client.client_id
+
+    def get_scope(self) -> str:
+        return self.claims["scope"]
+
+    def is_expired(self) -> bool:
+        return False  # verify_access_token refused expired tokens already
+
+    def is_revoked(self) -> bool:
+        return self.issuer.state.is_revoked(self.claims["jti"])
+
+    def introspection(self) -> dict:
+        names = ("scope", "client_id", "sub", "exp", "iat", "iss", "aud", "jti", "patient", "encounter", "fhirUser")
+        body = {"active": True, "token_type": "Bearer"}
+        body.update({k: self.claims[k] for k in (*names, "managed_patients") if k in self.claims})
+        return body
+
+    def revoke(self) -> None:
+        self.issuer.revoke_access_token(self.claims["jti"], self.claims["exp"])
+
+
+@dataclass
+class RefreshTokenInfo:
+    record: dict
+    issuer: TokenIssuer
+
+    @property
+    def subject(self) -> Subject:
+        return Subject.from_doc(self.record["subject"])
+
+    def check_client(self, client: Client) -> bool:
+        return self.record["client_id"] == client.client_id
+
+    def get_scope(self) -> str:
+        return self.subject.scope
+
+    def is_expired(self) -> bool:
+        return self.record["expires"] <= time.time()
+
+    def is_revoked(self) -> bool:
+        return self.record["revoked"] or self.record["used"]
+
+    def introspection(self) -> dict:
+        subject = self.subject
+        body = {
+            "active": True,
+            "token_type": "refresh_token",
+            "scope": subject.scope,
+            "client_id": self.record["client_id"],
+            "sub": subject.username,
+            "exp": int(self.record["expires"]),
+        }
+        optional = {"patient": subject.patient, "encounter": subject.encounter, "fhirUser": subject.fhir_user}
+        body.update({k: v for k, v in optional.items() if v})
+        return body
+
+    def revoke(self) -> None:
+        self.issuer.revoke_family(self.record["family"])
