@@ -327,9 +327,10 @@ def run_wrk(
     profile: Path | None = None,
     profile_pid: int | None = None,
     profile_native: bool = False,
+    headers: list[str] = (),
 ) -> dict:
     """One wrk run; returns the script's BENCH_JSON plus req/s and the CPU each watched process used."""
-    cmd = ["wrk", *settings.flags(duration), "-s", str(script), url]
+    cmd = ["wrk", *settings.flags(duration), *(f for h in headers for f in ("-H", h)), "-s", str(script), url]
     if script_args:
         cmd += ["--", *script_args]
     spy = None
@@ -499,7 +500,7 @@ def redact(url: str) -> str:
 # --- the run -----------------------------------------------------------------------------------------
 
 
-def start_ours(procs: Processes, tmp: Path, store: str, timeout: float) -> tuple[Proc, str]:
+def start_ours(procs: Processes, tmp: Path, store: str, timeout: float, auth: bool = False) -> tuple[Proc, str]:
     port = free_port()
     exe = Path(sys.executable).parent / "fhir-server"
     cli = [str(exe)] if exe.exists() else [sys.executable, "-m", "fhir_server.cli"]
@@ -515,7 +516,7 @@ def start_ours(procs: Processes, tmp: Path, store: str, timeout: float) -> tuple
         "--workers",
         "1",
         "--auth",
-        "off",
+        "on" if auth else "off",
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("FHIR_SERVER_")}
     proc = procs.start("ours", cmd, log=tmp / "ours.log", env=env)

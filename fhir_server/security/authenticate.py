@@ -46,10 +46,11 @@ class InvalidCredentials(Exception):
 
 
 class _Verified:
-    __slots__ = ("access", "checked")
+    __slots__ = ("access", "audience", "checked")
 
-    def __init__(self, access: ScopedAccess, checked: float) -> None:
+    def __init__(self, access: ScopedAccess, audience: str, checked: float) -> None:
         self.access = access
+        self.audience = audience
         self.checked = checked
 
 
@@ -83,13 +84,16 @@ class Authenticate:
 
     async def _access(self, verifier: TokenVerifier, token: str, scope: Scope) -> ScopedAccess:
         now = time.time()
+        audience = _audience(scope, self._state)
         verified = self._cache.get(token)
         if verified is None:
             try:
-                claims = verifier.verify_access_token(token, _audience(scope, self._state))
+                claims = verifier.verify_access_token(token, audience)
             except Exception as exc:  # InvalidToken from the authorization server, or a malformed token
                 raise InvalidCredentials(getattr(exc, "description", None) or "signature or claims rejected") from None
-            verified = _Verified(ScopedAccess(Principal.from_claims(claims)), 0.0)
+            verified = _Verified(ScopedAccess(Principal.from_claims(claims)), audience, 0.0)
+        elif verified.audience != audience:  # the same server reached under another name: not this token's
+            raise InvalidCredentials("it was issued for another audience")
         principal = verified.access.principal
         if principal.expires_at and principal.expires_at < now:
             self._cache.pop(token, None)
@@ -99,13 +103,13 @@ class Authenticate:
                 self._cache.pop(token, None)
                 raise InvalidCredentials("it was revoked")
             verified.checked = now
-        self._remember(token, verified)
+            self._remember(token, verified)
         return verified.access
 
     def _remember(self, token: str, verified: _Verified) -> None:
         self._cache[token] = verified
         self._cache.move_to_end(token)
-        while len(self._cache) > CACHE_SIZE:
+        while len(self._cache) > CACHE_SIZE:  # oldest first out (insertion order, refreshed every recheck)
             self._cache.popitem(last=False)
 
 
@@ -127,8 +131,15 @@ def _bearer(scope: Scope) -> str | None:
 
 
 def _audience(scope: Scope, state: State) -> str:
+    """The FHIR base URL this request was addressed to: the configured one, else from the Host header
+    (what ``rest.responses.base_url`` derives for links, without building a Request per call)."""
     configured = state.settings.base_url
-    return configured.rstrip("/") if configured else str(Request(scope).base_url).rstrip("/")
+    if configured:
+        return configured.rstrip("/")
+    for name, value in scope["headers"]:
+        if name == b"host":
+            return f"{scope.get('scheme', 'http')}://{value.decode('latin-1')}{scope.get('root_path', '')}".rstrip("/")
+    return str(Request(scope).base_url).rstrip("/")
 
 
 async def _challenge(send: Send, text: str, error: str | None) -> None:
