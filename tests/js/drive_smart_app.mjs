@@ -23,7 +23,7 @@
 //                                     when absent, the picker's pre-checked (or first) radio is kept
 //   uncheck        string[]           consent checkboxes (name=scope) to untick, by value (the scope)
 //   check          string[]           consent checkboxes to tick, by value
-//   decision       "allow" | "deny"   consent button (name=decision) to press; default "allow"
+//   decision       "allow" | "deny"   consent button (name=action or decision) to press; default "allow"
 //   stopAt         string             URL prefix to stop at (see above)
 //   timeoutMs      number             overall deadline, default 30000
 //   stuckMs        number             give up on a page (not the app's) that neither changes nor has a
@@ -32,11 +32,13 @@
 //   chromium       string             browser executable; default $CHROMIUM_PATH or /usr/bin/chromium
 //   ignoreHTTPSErrors boolean         default false
 //   disableWebSecurity boolean        launch with --disable-web-security (no CORS); default false
+//   locale         string             browser locale (navigator.language and Accept-Language), e.g. "fr-FR";
+//                                     default: the browser's own (en-US)
 //
 // Output: one JSON object on stdout:
 //   { ok, status: "ok"|"stopped"|"app-error"|"form-repeated"|"stuck"|"timeout"|"error",
 //     finalUrl, resultStatus, resultText, result (resultText parsed as JSON when it is JSON),
-//     stoppedAt, steps: [{url, filled: [...], submitted}], consoleErrors: [...],
+//     stoppedAt, steps: [{url, lang, title, filled: [...], submitted}], consoleErrors: [...],
 //     httpErrors: [{url, status, method}], failedRequests: [{url, error}], pageText (on failure), error }
 // Exit code: 0 when ok, 1 on a failure the JSON describes, 2 on bad arguments or a browser that
 // would not start.
@@ -137,7 +139,10 @@ async function main() {
 
   let page = null;
   try {
-    const context = await browser.newContext({ ignoreHTTPSErrors: !!args.ignoreHTTPSErrors });
+    const context = await browser.newContext({
+      ignoreHTTPSErrors: !!args.ignoreHTTPSErrors,
+      ...(args.locale ? { locale: args.locale } : {}),
+    });
     page = await context.newPage();
     page.setDefaultTimeout(Math.max(1000, args.timeoutMs));
 
@@ -264,11 +269,13 @@ async function inspect(page) {
     const present = (sel) => document.querySelector(sel) !== null;
     const fields = [];
     for (const k of ["username", "password", "otp", "patientRadio", "scopeCheckbox"]) if (present(S[k])) fields.push(k);
-    if (present('button[name="decision"], input[type="submit"][name="decision"]')) fields.push("decision");
+    if (present('button[name="action"], button[name="decision"], input[type="submit"][name="decision"]')) fields.push("decision");
     const result = document.querySelector(S.result);
     return {
       readyState: document.readyState,
       fields,
+      lang: document.documentElement.lang || null,
+      title: document.title,
       hasResultElement: result !== null,
       resultStatus: result?.getAttribute("data-status") || null,
       resultText: result ? result.textContent : null,
@@ -277,7 +284,7 @@ async function inspect(page) {
 }
 
 async function fillAndSubmit(page, state, args) {
-  const step = { url: page.url(), filled: [], submitted: null };
+  const step = { url: page.url(), lang: state.lang, title: state.title, filled: [], submitted: null };
   const has = (k) => state.fields.includes(k);
   let anchor = null; // an element inside the form to submit
   if (has("username")) {
