@@ -20,6 +20,7 @@ from .rest.fastpath import ReadFastPath
 from .security.authenticate import Authenticate
 from .store import open_store
 from .validation import warm_up
+from .validation.remote import validators
 
 
 def create_app(settings: Settings | None = None) -> ASGIApp:
@@ -27,12 +28,14 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     store = open_store(settings.store, write_concern=settings.mongo_write_concern)
     # --- SMART authorization server (fhir_server.auth): None when auth is off
     auth = create_auth_server(settings, settings.store) if settings.auth else None
+    validator = validators(settings.validation_helpers())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await store.start()
         if auth is not None:
             await auth.start()
+        await validator.start()  # helpers warm up in the background; until then validation is in-process
         warm_up()
         if settings.load_definitions:
             await load_search_parameters(store)
@@ -42,6 +45,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
             yield
         finally:
             await app.state.exports.stop()
+            await validator.close()
             if auth is not None:
                 await auth.close()
             await store.close()
@@ -57,7 +61,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
-    app.state.context = Context(store=store, settings=settings)
+    app.state.context = Context(store=store, settings=settings, validator=validator)
     errors.install(app)
     # --- SMART authorization server: its endpoints first (/.well-known/…, /auth/…)
     app.state.auth = auth

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -9,6 +11,11 @@ DEFAULT_STORE = "sqlite:///./data/fhir.db"
 
 
 class Settings(BaseSettings):
+    def validation_helpers(self) -> int:
+        if self.validation_processes >= 0:
+            return self.validation_processes
+        return max(0, min(4, (os.cpu_count() or 1) - 1))
+
     model_config = SettingsConfigDict(env_prefix="FHIR_SERVER_", extra="ignore")
 
     store: str = Field(DEFAULT_STORE, description="Store URL: sqlite:///rel.db, sqlite:////abs.db, mongodb://…")
@@ -33,6 +40,12 @@ class Settings(BaseSettings):
         3600, ge=1, description="Seconds an $export job and its files are kept after it finishes"
     )
     log_level: str = Field("info", description="Log level")
+    validation_processes: int = Field(
+        -1,
+        ge=-1,
+        description="Helper processes validating incoming resources (R4B models are CPU-bound under the GIL): "
+        "0 = validate in the server process; -1 = one per CPU core beyond the first, at most 4",
+    )
     # --- SMART on FHIR authorization (fhir_server.auth = authorization server, fhir_server.security = enforcement)
     auth: bool = Field(
         True, description="Require SMART/OAuth2 bearer tokens (off: unauthenticated, loopback-only, for development)"

@@ -159,6 +159,7 @@ async def fhir_client(store_url: str, **settings: object) -> AsyncIterator[httpx
 
     settings.setdefault("load_definitions", False)  # 1,400 SearchParameters per fresh store: only where tested
     settings.setdefault("auth", False)  # the FHIR behaviour under test; access control has its own tests
+    settings.setdefault("validation_processes", 0)  # one helper process per app would slow the suite down
     app = create_app(Settings(store=store_url, **settings))  # type: ignore[arg-type]
     transport = httpx.ASGITransport(app=app)
     async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url=FHIR_BASE) as c:

@@ -9,6 +9,7 @@ failing entry gets its own OperationOutcome. GET entries read the committed stat
 
 from __future__ import annotations
 
+import asyncio
 from base64 import b64decode
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
@@ -18,7 +19,7 @@ from ..fhirjson import dumps
 from ..instant import new_id
 from ..search.criteria import parse_criteria
 from ..store import ResourceVersion, Transaction
-from ..validation import R4_RESOURCE_TYPES, validate_resource
+from ..validation import R4_RESOURCE_TYPES
 from . import crud
 from .context import Context
 from .patch import conditional_patch_in, parse_patch, patch_in
@@ -118,14 +119,17 @@ def _entry(index: int, entry: object, base: str) -> EntryRequest:
     return parsed
 
 
-def _validate(entries: list[EntryRequest]) -> None:
-    for entry in entries:
-        if entry.resource is None:
-            continue
-        try:
-            validate_resource(entry.resource)
-        except FhirError as exc:
-            raise _at(entry, exc, ".resource") from None
+async def _validate(ctx: Context, entries: list[EntryRequest]) -> None:
+    """Every entry's resource, all sent at once (helper processes validate them in parallel)."""
+    with_resource = [e for e in entries if e.resource is not None]
+    outcomes = await asyncio.gather(
+        *(ctx.validator.validate(e.resource) for e in with_resource), return_exceptions=True
+    )
+    for entry, outcome in zip(with_resource, outcomes, strict=True):
+        if isinstance(outcome, FhirError):
+            raise _at(entry, outcome, ".resource")
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 def _at(entry: EntryRequest, exc: FhirError, where: str = "") -> FhirError:
@@ -143,7 +147,7 @@ async def transaction(ctx: Context, entries: list[EntryRequest]) -> list[EntryRe
     searches are parsed before anything is written and run on the committed state."""
     from . import search as search_interaction
 
-    _validate(entries)
+    await _validate(ctx, entries)
     identities = _assign_identities(entries)
     searches = {
         e.index: await search_interaction.parse_request(ctx, e.type, e.query)
@@ -331,7 +335,7 @@ async def batch(ctx: Context, entries: list[EntryRequest]) -> list[EntryResult]:
             if entry.method in ("GET", "HEAD"):
                 results.append(await _read_entry(ctx, entry))
                 continue
-            _validate([entry])
+            await _validate(ctx, [entry])
             if entry.method == "POST":
                 query = None
                 if entry.if_none_exist:

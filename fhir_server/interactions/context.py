@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from ..config import Settings
 from ..store import ResourceVersion, Store
 from ..store.query import Condition
+from ..validation.remote import IN_PROCESS, InProcess
 from .access import UNRESTRICTED, Access
 
 
@@ -25,6 +26,7 @@ class Context:
     settings: Settings
     constraints: Callable[[str], tuple[Condition, ...]] = no_constraints
     access: Access = UNRESTRICTED
+    validator: InProcess = IN_PROCESS  # validates incoming resources (helper processes when configured)
 
 
 @dataclass(frozen=True, slots=True)

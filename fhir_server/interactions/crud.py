@@ -9,7 +9,6 @@ from ..search.criteria import parse_criteria, parse_criteria_string
 from ..search.indexing import index_entries
 from ..store import ResourceVersion, Store, Transaction, VersionConflict
 from ..store.query import IdIn, Search
-from ..validation import validate_resource
 from .access import UNRESTRICTED, GuardedTransaction
 from .context import Context, ResourceResult
 
@@ -76,7 +75,7 @@ async def _single_match(tx: Transaction, query: Search) -> str | None:
 
 async def create(ctx: Context, type_: str, resource: object, if_none_exist: str | None = None) -> ResourceResult:
     resource = check_resource_type(resource, type_)
-    validate_resource(resource)
+    await ctx.validator.validate(resource)
     query = parse_criteria_string(type_, if_none_exist) if if_none_exist else None
 
     async def work(tx: Transaction) -> ResourceResult:
@@ -161,7 +160,7 @@ async def update(ctx: Context, type_: str, id_: str, resource: object, if_match:
         raise bad_request("The resource has no id: an update needs the id of the URL in the body", expression=("id",))
     if body_id != id_:
         raise bad_request(f"The body id {body_id!r} does not match the URL id {id_!r}", expression=("id",))
-    validate_resource(resource)
+    await ctx.validator.validate(resource)
     expected = _parse_etag(if_match) if if_match else None
 
     async def work(tx: Transaction) -> ResourceResult:
@@ -183,7 +182,7 @@ async def conditional_update(
     ctx: Context, type_: str, criteria: list[tuple[str, str]], resource: object
 ) -> ResourceResult:
     resource = check_resource_type(resource, type_)
-    validate_resource(resource)
+    await ctx.validator.validate(resource)
     query = _criteria(type_, criteria)
 
     async def work(tx: Transaction) -> ResourceResult:

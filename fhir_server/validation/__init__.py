@@ -20,7 +20,7 @@ from ..errors import Issue, invalid_resource
 from . import r4, r4b
 from ._common import MAX_ISSUES
 
-__all__ = ["COMMON", "R4_RESOURCE_TYPES", "validate_resource", "warm_up"]
+__all__ = ["COMMON", "R4_RESOURCE_TYPES", "issues_of", "raise_issues", "validate_resource", "warm_up"]
 
 R4_RESOURCE_TYPES: frozenset[str] = frozenset(
     [
@@ -202,13 +202,21 @@ _STRUCTURAL = r4.structural_types()
 
 def validate_resource(resource: dict) -> None:
     """Raise ``invalid_resource`` (400) listing what is wrong with ``resource``; return if it is valid R4."""
+    raise_issues(issues_of(resource))
+
+
+def issues_of(resource: object) -> list[Issue]:
+    """What is wrong with ``resource`` (nothing: valid R4), at most ``MAX_ISSUES``."""
     if not isinstance(resource, dict):
-        raise invalid_resource([Issue("structure", "A resource must be a JSON object")])
+        return [Issue("structure", "A resource must be a JSON object")]
     rt = resource.get("resourceType")
     root = rt if isinstance(rt, str) and rt in R4_RESOURCE_TYPES else "Resource"
-    issues = _check(resource, root)
+    return _check(resource, root)[:MAX_ISSUES]
+
+
+def raise_issues(issues: list[Issue]) -> None:
     if issues:
-        raise invalid_resource(issues[:MAX_ISSUES])
+        raise invalid_resource(issues)
 
 
 def _check(resource: dict, root: str) -> list[Issue]:

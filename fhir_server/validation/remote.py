@@ -1,0 +1,154 @@
+"""Validation in helper processes, so that a single server process uses more than one core.
+
+The R4B models validate in Python under the GIL: on the event loop they were about a quarter of the CPU
+of a create while a second core sat idle. ``Validators`` spawns helper processes that each validate the
+resources sent to them over a socket pair (length-prefixed pickles, answered in order); the event loop
+only pickles (~5 µs for a Patient) and awaits. A helper that is not ready yet, or has died, is replaced by
+validating in-process: answers never depend on the helpers, only speed does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import pickle
+import socket
+import struct
+from collections import deque
+
+from ..errors import Issue
+from . import issues_of, raise_issues
+
+log = logging.getLogger("fhir_server.validation")
+_LENGTH = struct.Struct("!I")
+
+
+class InProcess:
+    """Validation on the calling thread (no helper processes)."""
+
+    async def validate(self, resource: object) -> None:
+        raise_issues(issues_of(resource))
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+def _frame(obj: object) -> bytes:
+    payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return _LENGTH.pack(len(payload)) + payload
+
+
+def _serve(sock: socket.socket) -> None:
+    """A helper process: validate each resource received, answer its issues, until the socket closes."""
+    from . import warm_up
+
+    warm_up()
+    with sock, sock.makefile("rwb") as stream:
+        stream.write(_frame("ready"))
+        stream.flush()
+        while header := stream.read(_LENGTH.size):
+            resource = pickle.loads(stream.read(_LENGTH.unpack(header)[0]))
+            try:
+                answer: list[Issue] = issues_of(resource)
+            except Exception as exc:  # a validator bug must not kill the helper: report it as an issue
+                answer = [Issue("exception", f"Validation failed: {type(exc).__name__}")]
+            stream.write(_frame(answer))
+            stream.flush()
+
+
+class _Helper(asyncio.Protocol):
+    """The event loop's end of one helper's socket: frames out, answers in (FIFO)."""
+
+    def __init__(self, process: multiprocessing.process.BaseProcess) -> None:
+        self.process = process
+        self.transport: asyncio.Transport | None = None
+        self.pending: deque[asyncio.Future] = deque()
+        self.ready = False
+        self.alive = True
+        self._buffer = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def send(self, resource: object) -> asyncio.Future:
+        answer = asyncio.get_running_loop().create_future()
+        self.pending.append(answer)
+        assert self.transport is not None
+        self.transport.write(_frame(resource))
+        return answer
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        while len(buffer) >= _LENGTH.size:
+            size = _LENGTH.unpack_from(buffer)[0]
+            end = _LENGTH.size + size
+            if len(buffer) < end:
+                return
+            message = pickle.loads(memoryview(buffer)[_LENGTH.size : end])
+            del buffer[:end]
+            if not self.ready:
+                self.ready = message == "ready"
+                continue
+            answer = self.pending.popleft()
+            if not answer.done():
+                answer.set_result(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.alive:
+            log.warning("a validation helper process stopped: validating in-process")
+        self.alive = False
+        while self.pending:
+            answer = self.pending.popleft()
+            if not answer.done():
+                answer.set_exception(ConnectionError("validation helper stopped"))
+
+
+class Validators(InProcess):
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._helpers: list[_Helper] = []
+
+    async def start(self) -> None:
+        context = multiprocessing.get_context("spawn")  # no fork of a process with threads and an event loop
+        loop = asyncio.get_running_loop()
+        for _ in range(self.count):
+            ours, theirs = socket.socketpair()
+            process = context.Process(target=_serve, args=(theirs,), name="fhir-validator", daemon=True)
+            process.start()
+            theirs.close()
+            helper = _Helper(process)
+            await loop.connect_accepted_socket(lambda h=helper: h, sock=ours)
+            self._helpers.append(helper)
+
+    async def validate(self, resource: object) -> None:
+        helper = min((h for h in self._helpers if h.ready and h.alive), key=lambda h: len(h.pending), default=None)
+        if helper is None:
+            return await super().validate(resource)
+        try:
+            issues = await helper.send(resource)
+        except ConnectionError:  # the helper died with this resource in flight
+            return await super().validate(resource)
+        raise_issues(issues)
+
+    async def close(self) -> None:
+        for helper in self._helpers:
+            helper.alive = False
+            if helper.transport is not None:
+                helper.transport.close()
+        for helper in self._helpers:
+            await asyncio.to_thread(helper.process.join, 5)
+            if helper.process.is_alive():
+                helper.process.kill()
+        self._helpers.clear()
+
+
+IN_PROCESS = InProcess()
+
+
+def validators(count: int) -> InProcess:
+    return Validators(count) if count > 0 else InProcess()
