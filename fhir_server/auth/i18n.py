@@ -194,11 +194,11 @@ def describe_scope(scope: str, lang: str) -> str:
     parsed = parse_clinical(scope)
     if parsed is None:
         return scope
-    verbs = [_VERBS[lang][p] for p in parsed.permissions]
+    verbs = [_VERBS[lang][p] for p in "cruds" if p in parsed.permissions]
     said = verbs[0] if len(verbs) == 1 else f"{', '.join(verbs[:-1])} {_AND[lang]} {verbs[-1]}"
     index = 0 if lang == "fr" else 1
-    what = _ALL[lang] if parsed.resource_type == "*" else _TYPES.get(parsed.resource_type, (None, None))[index]
-    what = what or parsed.resource_type
+    what = _ALL[lang] if parsed.type == "*" else _TYPES.get(parsed.type, (None, None))[index]
+    what = what or parsed.type
     sentence = f"{said.capitalize()} : {what} {_WHOSE[lang][parsed.context]}"
     if lang == "en":
         sentence = sentence.replace(" : ", ": ", 1)

@@ -12,9 +12,9 @@ as OAuth allows (RFC 6749 §3.3): the token response says what was granted.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+
+from ..security.scopes import parse_scope
 
 OPENID, FHIR_USER, PROFILE = "openid", "fhirUser", "profile"
 LAUNCH, LAUNCH_PATIENT, LAUNCH_ENCOUNTER = "launch", "launch/patient", "launch/encounter"
@@ -23,53 +23,11 @@ IDENTITY = (OPENID, FHIR_USER, PROFILE, LAUNCH, LAUNCH_PATIENT, LAUNCH_ENCOUNTER
 # What the consent page cannot untick: the app could not work without them (they grant no data).
 MANDATORY = frozenset({OPENID, FHIR_USER, PROFILE, LAUNCH, LAUNCH_PATIENT, LAUNCH_ENCOUNTER})
 
-PERMISSIONS = "cruds"
-_V1 = {"read": "rs", "write": "cud", "*": "cruds"}
-_CLINICAL = re.compile(r"^(patient|user|system)/([A-Z][A-Za-z]+|\*)\.([a-z]+|\*)(\?[^\s]+)?$")
-
 USER_CONTEXTS = frozenset({"patient", "user"})  # what an app used by a person may get
 SYSTEM_CONTEXTS = frozenset({"system"})  # what a backend service may get
 
-
-@dataclass(frozen=True, slots=True)
-class ClinicalScope:
-    context: str  # patient | user | system
-    resource_type: str  # a type or "*"
-    permissions: str  # subsequence of "cruds"
-    query: str | None
-
-    def covers(self, other: ClinicalScope) -> bool:
-        return (
-            self.context == other.context
-            and self.resource_type in ("*", other.resource_type)
-            and set(other.permissions) <= set(self.permissions)
-            and (self.query is None or self.query == other.query)
-        )
-
-
-def parse_clinical(scope: str) -> ClinicalScope | None:
-    match = _CLINICAL.match(scope)
-    if match is None:
-        return None
-    context, type_, perms, query = match.groups()
-    if perms in _V1:
-        if query:
-            return None  # queries are a v2 feature
-        perms = _V1[perms]
-    elif not _is_permission_string(perms):
-        return None
-    return ClinicalScope(context, type_, perms, query[1:] if query else None)
-
-
-def _is_permission_string(perms: str) -> bool:
-    """v2 permissions: letters of ``cruds``, in that order, each at most once."""
-    position = -1
-    for letter in perms:
-        index = PERMISSIONS.find(letter)
-        if index <= position:
-            return False
-        position = index
-    return bool(perms)
+# One grammar for the authorization server and the resource server (security.scopes).
+parse_clinical = parse_scope
 
 
 def split(scope: str | None) -> list[str]:
@@ -92,7 +50,7 @@ def allowed(requested: Iterable[str], registered: Iterable[str], contexts: froze
                 kept.append(scope)
             continue
         wanted = parse_clinical(scope)
-        if wanted is not None and wanted.context in contexts and any(c.covers(wanted) for c in clinical):
+        if wanted is not None and wanted.context in contexts and any(c.includes(wanted) for c in clinical):
             kept.append(scope)
     return kept
 
@@ -105,7 +63,7 @@ def is_subset(requested: Iterable[str], granted: Iterable[str]) -> bool:
         if scope in granted:
             continue
         wanted = parse_clinical(scope)
-        if wanted is None or not any(c.covers(wanted) for c in clinical):
+        if wanted is None or not any(c.includes(wanted) for c in clinical):
             return False
     return True
 

@@ -28,9 +28,20 @@ class ScopeGrant:
     permissions: frozenset[str]
     criteria: tuple[tuple[str, str], ...] = ()
     text: str = ""
+    query: str | None = None  # the granular criteria as written
 
     def covers(self, type_: str, permission: str) -> bool:
         return permission in self.permissions and self.type in ("*", type_)
+
+    def includes(self, other: ScopeGrant) -> bool:
+        """Does this grant allow everything ``other`` does (a client registered with it may get ``other``;
+        a refresh may narrow a grant to ``other``)?"""
+        return (
+            self.context == other.context
+            and self.type in ("*", other.type)
+            and other.permissions <= self.permissions
+            and (self.query is None or self.query == other.query)
+        )
 
 
 def parse_scope(text: str) -> ScopeGrant | None:
@@ -48,7 +59,7 @@ def parse_scope(text: str) -> ScopeGrant | None:
     criteria = tuple(parse_qsl(query, keep_blank_values=True, strict_parsing=False)) if query else ()
     if query is not None and not criteria:
         return None
-    return ScopeGrant(context, type_, frozenset(letters), criteria, text)
+    return ScopeGrant(context, type_, frozenset(letters), criteria, text, query)
 
 
 def _in_order(letters: str) -> bool:
