@@ -180,6 +180,16 @@ def fhir_server_command() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "fhir_server.cli"]
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 15 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
 def wait_until_serving(base: str, proc: subprocess.Popen, timeout: float = 60) -> bool:
     """Poll ``GET [base]/metadata`` until it answers 200; False if the process dies or time runs out."""
     deadline = time.monotonic() + timeout
@@ -215,8 +225,4 @@ def server(store_url: str, tmp_path: Path) -> Iterator[tuple[str, subprocess.Pop
             pytest.fail(f"fhir-server serve did not start: {out[-3000:]}")
         yield base, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)

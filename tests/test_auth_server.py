@@ -633,6 +633,44 @@ async def test_backend_assertion_refusals(server: Server) -> None:
     assert response.json()["error"] in ("unauthorized_client", "invalid_client")
 
 
+async def test_dynamic_registration_needs_an_initial_access_token(server: Server) -> None:
+    """RFC 7591 behind an operator-minted initial access token; the registered clients then work."""
+    config = (await server.http.get("/.well-known/smart-configuration")).json()
+    assert config["registration_endpoint"] == f"{BASE}/auth/register"
+    public = {"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none", "scope": "patient/*.rs launch/patient",
+              "client_name": "Agenda"}  # fmt: skip
+    assert (await server.http.post("/auth/register", json=public)).status_code == 401  # open registration: no
+    not_admin = server.auth.mint_access_token(client_id="app", scope="patient/*.rs", audience=BASE)
+    refused = await server.http.post("/auth/register", json=public, headers={"Authorization": f"Bearer {not_admin}"})
+    assert refused.status_code == 403 and refused.json()["error"] == "insufficient_scope"
+    admin = {"Authorization": f"Bearer {server.auth.mint_access_token(client_id='ops', scope='client-registration')}"}
+    created = await server.http.post("/auth/register", json=public, headers=admin)
+    assert created.status_code == 201, created.text
+    body = created.json()
+    assert "client_secret" not in body and body["redirect_uris"] == [REDIRECT]
+    assert server.auth.client(body["client_id"]).type == "public"
+    confidential = await server.http.post("/auth/register", json={"redirect_uris": [REDIRECT]}, headers=admin)
+    assert confidential.status_code == 201 and confidential.json()["client_secret"]
+    assert server.auth.client(confidential.json()["client_id"]).type == "confidential"
+    backend = {"token_endpoint_auth_method": "private_key_jwt", "grant_types": ["client_credentials"],
+               "jwks": _jwks(server.ec), "scope": "system/Patient.rs"}  # fmt: skip
+    registered = await server.http.post("/auth/register", json=backend, headers=admin)
+    assert registered.status_code == 201, registered.text
+    client_id = registered.json()["client_id"]
+    token = await backend_token(server, client_id, server.ec, "ES384", scope="system/Patient.rs")
+    assert token.status_code == 200 and token.json()["scope"] == "system/Patient.rs"
+    for bad, error in (({"redirect_uris": ["not a url"]}, "invalid_redirect_uri"),
+                       ({"token_endpoint_auth_method": "tls_client_auth"}, "invalid_client_metadata"),
+                       ({"token_endpoint_auth_method": "none"}, "invalid_redirect_uri"),
+                       (["not", "an", "object"], "invalid_client_metadata")):  # fmt: skip
+        answer = await server.http.post("/auth/register", json=bad, headers=admin)
+        assert answer.status_code == 400 and answer.json()["error"] == error, (bad, answer.text)
+    garbage = await server.http.post(
+        "/auth/register", content=b"{", headers={**admin, "Content-Type": "application/json"}
+    )
+    assert garbage.status_code == 400 and garbage.json()["error"] == "invalid_client_metadata"
+
+
 async def test_backend_keys_by_url(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
     key = RSAKey.generate_key(2048, parameters={"kid": "url-1"})
     fetched: list[str] = []

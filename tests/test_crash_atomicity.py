@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import fhir_server_command, free_port, wait_until_serving
+from conftest import fhir_server_command, free_port, stop_process, wait_until_serving
 
 from fhir_server.search.criteria import parse_criteria
 from fhir_server.store import open_store
@@ -87,12 +87,7 @@ class Server:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc)
 
 
 def post_transaction(base: str, body: bytes) -> int:

@@ -297,16 +297,18 @@ def test_reference_entries() -> None:
         ],
         "basedOn": [{"reference": "urn:uuid:0a0e"}],
     }
-    assert entries(obs, "subject") == {("Patient/123", "Patient", None, None)}
-    assert entries(obs, "patient") == {("Patient/123", "Patient", None, None)}
+    # low = the version of a versioned reference (what _include returns)
+    assert entries(obs, "subject") == {("Patient/123", "Patient", 4.0, None)}
+    assert entries(obs, "patient") == {("Patient/123", "Patient", 4.0, None)}
     assert entries(obs, "performer") == {
-        ("https://other.example/fhir/Practitioner/7", "Practitioner", None, None),
+        ("https://other.example/fhir/Practitioner/7", "Practitioner", 1.0, None),
         ("urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a", "Organization", None, None),
     }
     assert entries(obs, "performer:identifier") == {("810000000001", "urn:oid:1.2.250.1.71.4.2.1", None, None)}
     assert entries(obs, "based-on") == {("urn:uuid:0a0e", None, None, None)}  # several targets: unknown
     assert n.canonical_rows("q", "http://example.org/Questionnaire/phq9|2.0") == [
-        ("q", "http://example.org/Questionnaire/phq9", "Questionnaire", None, None)
+        ("q", "http://example.org/Questionnaire/phq9", "Questionnaire", None, None),
+        ("q", "http://example.org/Questionnaire/phq9|2.0", "Questionnaire", None, None),  # url|version searches
     ]
     assert n.reference_rows("r", {"reference": "Patient/1"}) == [("r", "Patient/1", "Patient", None, None)]
     assert n.reference_value("Group?identifier=x") == ("Group?identifier=x", None)

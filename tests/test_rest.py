@@ -58,6 +58,8 @@ async def test_metadata_is_a_capability_statement(client):
     names = {p["name"] for p in resources["Patient"]["searchParam"]}
     assert {"_id", "_lastUpdated", "identifier", "family", "birthdate", "general-practitioner"} <= names
     assert {"code": "history-system"} in cs["rest"][0]["interaction"]
+    assert {"code": "search-system"} in cs["rest"][0]["interaction"]
+    assert {"_type", "_list", "_lastUpdated"} <= {p["name"] for p in cs["rest"][0]["searchParam"]}
     assert "Observation:subject" in resources["Observation"]["searchInclude"]
     assert "Observation:subject" in resources["Patient"]["searchRevInclude"]
     assert "_filter" not in {p["name"] for p in resources["Patient"]["searchParam"]}  # not implemented: not listed

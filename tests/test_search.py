@@ -340,3 +340,216 @@ async def test_composite_with_units_and_dates(client):
     assert await ids(client, f"/Observation?code-value-quantity=8480-6$lt120{ucum}") == ["bp1"]
     assert await ids(client, f"/Observation?code-value-quantity={LOINC}|8480-6$gt140|{UCUM}|kg") == []
     await error(client, "/Observation?code-value-quantity=8480-6", "component")
+
+
+# --- system-level search (search.html#_type) -------------------------------------------------------
+
+
+async def test_system_search_across_types(client):
+    """GET [base]?_type=…: merged pages in one order, absolute fullUrls, totals, links that resume exactly."""
+    everyone = ["bp0", "bp1", "bp2", "helene", "marc", "zoe"]
+    assert await ids(client, "/?_type=Patient,Observation") == everyone
+    page = (await client.get("/?_type=Observation,Patient")).json()
+    assert page["total"] == 6 and len(page["entry"]) == 2
+    assert all(e["fullUrl"] == f"{BASE}/{e['resource']['resourceType']}/{e['resource']['id']}" for e in page["entry"])
+    assert page["link"][0]["url"] == f"{BASE}/?_type=Observation%2CPatient"
+    assert await ids(client, "/?_type=Patient&_id=marc") == ["marc"]
+    assert await ids(client, "/?_id=marc,bp1") == ["bp1", "marc"]  # no _type: every type
+    assert await ids(client, "/?_type=Patient,Observation&_lastUpdated=gt2000-01-01&_id=zoe,bp2") == ["bp2", "zoe"]
+    # _sort by _lastUpdated / _id across types, next and previous links (page size 2)
+    for sort, expected in (
+        ("_lastUpdated", ["helene", "marc", "zoe", "bp0", "bp1", "bp2"]),
+        ("-_lastUpdated", ["bp2", "bp1", "bp0", "zoe", "marc", "helene"]),
+        ("_id", everyone),
+        ("-_id", everyone[::-1]),
+    ):
+        pages = [(await client.get(f"/?_type=Patient,Observation&_sort={sort}")).json()]
+        while nxt := [link["url"] for link in pages[-1]["link"] if link["relation"] == "next"]:
+            pages.append((await client.get(nxt[0].removeprefix(BASE))).json())
+        assert [e["resource"]["id"] for p in pages for e in p["entry"]] == expected, sort
+        prev = next(link["url"] for link in pages[-1]["link"] if link["relation"] == "previous")
+        back = (await client.get(prev.removeprefix(BASE))).json()
+        assert [e["resource"]["id"] for e in back["entry"]] == expected[2:4], sort
+    counted = (await client.get("/?_type=Patient,Observation&_summary=count")).json()
+    assert counted["total"] == 6 and "entry" not in counted
+    found = await entries(client, "/?_type=Observation,Patient&_id=bp2&_include=Observation:subject")
+    assert found == [("match", "Observation", "bp2"), ("include", "Patient", "marc")]
+    # POST [base]/_search: the same answer; POST [base] stays batch/transaction.
+    post = await client.post("/_search", data={"_type": "Patient,Observation", "_id": "marc,bp1"})
+    assert post.status_code == 200 and sorted(e["resource"]["id"] for e in post.json()["entry"]) == ["bp1", "marc"]
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "GET", "url": "Patient/zoe"}}]}
+    r = await client.post("/", json=batch)
+    assert r.status_code == 200 and r.json()["type"] == "batch-response"
+
+
+async def test_system_search_is_strict(client):
+    await error(client, "/?_type=Patient,Observation&gender=male", "gender")  # not a parameter of Observation
+    await error(client, "/?_type=Patient,Banana", "Banana")
+    await error(client, "/?_type=Patient,Observation&_sort=birthdate", "birthdate")
+    await error(client, "/?_type=Patient,Observation&_include=Encounter:subject", "source type")
+    await error(client, "/?_type=Patient,Observation&_cursor=bm90IGEgY3Vyc29y", "cursor")
+    r = await client.get("/?_type=Patient,Observation&gender=male&_id=zoe", headers={"Prefer": "handling=lenient"})
+    assert r.status_code == 200
+    assert [e["search"]["mode"] for e in r.json()["entry"]] == ["match", "outcome"]
+
+
+# --- _list, ambiguous ids, canonical versions, _text expressions -----------------------------------
+
+
+async def test_list_members(client):
+    members = {"resourceType": "List", "id": "42", "status": "current", "mode": "working",
+               "entry": [{"item": {"reference": "Patient/helene"}}, {"item": {"reference": "Observation/bp2"}},
+                         {"item": {"reference": "Patient/nobody"}}]}  # fmt: skip
+    assert (await client.put("/List/42", json=members)).status_code == 201
+    assert await ids(client, "/Patient?_list=42") == ["helene"]
+    assert await ids(client, "/Observation?_list=42") == ["bp2"]
+    assert await ids(client, "/Patient?_list=42&gender=male") == []
+    assert await ids(client, "/Patient?_list=42,43") == ["helene"]
+    assert await ids(client, "/Patient?_list=43") == []
+    await error(client, "/AllergyIntolerance?_list=$current-allergies", "functional")
+
+
+async def test_ambiguous_bare_ids(client):
+    group = {"resourceType": "Group", "id": "helene", "type": "person", "actual": True}
+    assert (await client.put("/Group/helene", json=group)).status_code == 201
+    r = await client.get("/Observation?subject=helene")
+    assert r.status_code == 400 and "Group/helene" in r.text and "Patient/helene" in r.text
+    await error(client, "/Observation?subject:Patient.name=x&subject=helene", "ambiguous")
+    assert await ids(client, "/Observation?subject=marc") == ["bp2"]  # one type holds it
+    assert await ids(client, "/Observation?subject:Patient=helene") == ["bp0", "bp1"]
+    assert await ids(client, "/Observation?patient=helene") == ["bp0", "bp1"]  # Observation.patient: Patients only
+    assert await ids(client, "/Observation?subject=Patient/helene") == ["bp0", "bp1"]
+
+
+async def test_canonical_versions_in_uri_parameters(client):
+    profile = "http://example.org/StructureDefinition/bp"
+    for id_, version in (("v1", "1.0"), ("v2", "2.0")):
+        obs = {**bp("marc", 120, "2024-01-01"), "id": id_, "meta": {"profile": [f"{profile}|{version}"]}}
+        assert (await client.put(f"/Observation/{id_}", json=obs)).status_code == 201
+    assert await ids(client, f"/Observation?_profile={profile}") == ["v1", "v2"]
+    assert await ids(client, f"/Observation?_profile={profile}|2.0") == ["v2"]
+    plan = {"resourceType": "CarePlan", "id": "cp", "status": "active", "intent": "plan",
+            "subject": {"reference": "Patient/marc"}, "instantiatesCanonical": [f"{profile}|1.10"]}  # fmt: skip
+    assert (await client.put("/CarePlan/cp", json=plan)).status_code == 201
+    assert await ids(client, f"/CarePlan?instantiates-canonical:below={profile}|1") == ["cp"]
+    assert await ids(client, f"/CarePlan?instantiates-canonical:below={profile}|1.1") == []  # 1.10 is not 1.1.x
+    assert await ids(client, f"/CarePlan?instantiates-canonical:below={profile}|1.10") == ["cp"]
+    await error(client, f"/CarePlan?instantiates-canonical:above={profile}|1", "above")
+    await error(client, "/Condition?asserter:below=x", "hierarchy")  # no target type has a partOf
+
+
+async def test_reference_hierarchies(client):
+    """:below / :above along a type's circular reference (Location.partOf): one query per level, cycles end."""
+
+    def location(id_: str, parent: str | None = None) -> dict:
+        part_of = {"partOf": {"reference": f"Location/{parent}"}} if parent else {}
+        return {"resourceType": "Location", "id": id_, **part_of}
+
+    for loc in (location("l1"), location("l2", "l1"), location("l3", "l2"), location("c1", "c2"), location("c2", "c1")):
+        assert (await client.put(f"/Location/{loc['id']}", json=loc)).status_code == 201
+    for where in ("l1", "l2", "l3", "c1", "c2"):
+        procedure = {
+            "resourceType": "Procedure",
+            "id": f"at-{where}",
+            "status": "completed",
+            "subject": {"reference": "Patient/marc"},
+            "location": {"reference": f"Location/{where}"},
+        }
+        assert (await client.put(f"/Procedure/at-{where}", json=procedure)).status_code == 201
+    assert await ids(client, "/Procedure?location:below=l1") == ["at-l1", "at-l2", "at-l3"]
+    assert await ids(client, "/Procedure?location:below=Location/l2") == ["at-l2", "at-l3"]
+    assert await ids(client, f"/Procedure?location:above={BASE}/Location/l2") == ["at-l1", "at-l2"]
+    assert await ids(client, "/Procedure?location:above=l3,c1") == ["at-c1", "at-c2", "at-l1", "at-l2", "at-l3"]
+    assert await ids(client, "/Procedure?location:below=c2") == ["at-c1", "at-c2"]
+    assert await ids(client, "/Procedure?location:below=nowhere") == []
+    assert await ids(client, "/Location?partof:below=l1") == ["l2", "l3"]  # l1 itself is not partOf l1
+
+
+async def test_text_expressions(client):
+    def condition(id_: str, text: str) -> dict:
+        div = f'<div xmlns="http://www.w3.org/1999/xhtml">{text}</div>'
+        return {"resourceType": "Condition", "id": id_, "subject": {"reference": "Patient/marc"},
+                "text": {"status": "generated", "div": div}}  # fmt: skip
+
+    for c in (condition("a", "Bone metastases"), condition("b", "Liver cirrhosis"), condition("c", "Bone fracture")):
+        assert (await client.put(f"/Condition/{c['id']}", json=c)).status_code == 201
+    assert await ids(client, "/Condition?_text=bone") == ["a", "c"]
+    assert await ids(client, "/Condition?_text=bone metastases") == ["a"]
+    assert await ids(client, "/Condition?_text=bone AND metastases") == ["a"]
+    assert await ids(client, "/Condition?_text=metastases or cirrhosis") == ["a", "b"]
+    assert await ids(client, "/Condition?_text=(liver OR fracture) and (bone or cirrhosis)") == ["b", "c"]
+    assert await ids(client, "/Condition?_text=liver OR fracture and bone") == ["b", "c"]  # and binds tighter
+    await error(client, "/Condition?_text=(bone OR liver", "parentheses")
+    await error(client, "/Condition?_text=bone OR", "expected")
+    await error(client, "/Condition?_text=bone)", "parentheses")
+
+
+async def test_versioned_reference_include(client):
+    assert (await client.put("/Patient/marc", json={**PATIENTS[1], "active": True})).status_code == 200  # v2
+    pinned = {**bp("marc", 110, "2024-05-01"), "id": "pinned", "subject": {"reference": "Patient/marc/_history/1"}}
+    assert (await client.put("/Observation/pinned", json=pinned)).status_code == 201
+    r = (await client.get("/Observation?_id=pinned,bp2&_include=Observation:subject")).json()
+    included = sorted(
+        (e["resource"]["id"], e["resource"]["meta"]["versionId"])
+        for e in r["entry"]
+        if e["search"]["mode"] == "include"
+    )
+    assert included == [("marc", "1"), ("marc", "2")]
+    assert await ids(client, "/Observation?subject=Patient/marc") == ["bp2", "pinned"]
+
+
+async def test_new_search_features_keep_the_callers_constraints(store_url):
+    """System-level search, _list and the ambiguity check see only what the token may search."""
+    from test_access_control import ANNE, ids, secured, token
+
+    async with secured(store_url) as (c, _):
+        admin = token("system/*.cruds", sub="backend", client_id="backend")
+        lists = [
+            {"resourceType": "List", "id": "annes", "status": "current", "mode": "working",
+             "subject": {"reference": "Patient/anne"}, "entry": [{"item": {"reference": "Observation/a-vital"}}]},
+            {"resourceType": "List", "id": "brunos", "status": "current", "mode": "working",
+             "subject": {"reference": "Patient/bruno"}, "entry": [{"item": {"reference": "Observation/a-vital"}},
+                                                                  {"item": {"reference": "Observation/b-vital"}}]},
+            {"resourceType": "Group", "id": "anne", "type": "person", "actual": True},
+        ]  # fmt: skip
+        for resource in lists:
+            r = await c.put(f"/{resource['resourceType']}/{resource['id']}", json=resource, headers=admin)
+            assert r.status_code == 201, r.text
+        h = token("patient/*.rs", **ANNE)
+        found = (await c.get("/?_type=Patient,Observation", headers=h)).json()
+        assert ids(found) == ["a-lab", "a-vital", "anne"] and found["total"] == 3
+        assert ids((await c.get("/?_id=anne,bruno,b-vital,a-lab", headers=h)).json()) == ["a-lab", "anne"]
+        # _list: a List the caller cannot read has no members for them, even members they can read.
+        assert ids((await c.get("/Observation?_list=annes", headers=h)).json()) == ["a-vital"]
+        assert ids((await c.get("/Observation?_list=brunos", headers=h)).json()) == []
+        # Group/anne is outside anne's compartment: her bare id is not ambiguous for her, it is for the admin.
+        assert ids((await c.get("/Observation?subject=anne", headers=h)).json()) == ["a-lab", "a-vital"]
+        assert (await c.get("/Observation?subject=anne", headers=admin)).status_code == 400
+        # A listed type the token may not search: 403; without _type, only the types it may search.
+        observations = token("patient/Observation.rs", **ANNE)
+        assert (await c.get("/?_type=Patient,Observation", headers=observations)).status_code == 403
+        assert ids((await c.get("/", headers=observations)).json()) == ["a-lab", "a-vital"]
+        assert ids((await c.get("/Observation?_list=annes", headers=observations)).json()) == []
+        form = {**h, "Content-Type": "application/x-www-form-urlencoded"}
+        posted = await c.post("/_search", content="_type=Observation&category=laboratory", headers=form)
+        assert ids(posted.json()) == ["a-lab"]
+
+
+def test_references_to_the_configured_base_are_indexed_relative():
+    from fhir_server.search.indexing import index_entries
+
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+           "subject": {"reference": "https://fhir.example/r4/Patient/1/_history/3"},
+           "performer": [{"reference": "https://other.example/Practitioner/2"}],
+           "derivedFrom": [{"reference": "https://fhir.example/r4/Observation/9/extra"}]}  # fmt: skip
+
+    def refs(base: str | None) -> set[tuple]:
+        return {(e.param, e.value, e.low) for e in index_entries(obs, base) if e.param in ("subject", "performer",
+                                                                                        "derived-from")}  # fmt: skip
+
+    assert refs("https://fhir.example/r4/") == {
+        ("subject", "Patient/1", 3.0),
+        ("performer", "https://other.example/Practitioner/2", None),
+        ("derived-from", "https://fhir.example/r4/Observation/9/extra", None),  # not [base]/Type/id
+    }
+    assert ("subject", "https://fhir.example/r4/Patient/1", 3.0) in refs(None)

@@ -32,7 +32,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import httpx
 import pytest
 import smart_e2e
-from conftest import fhir_server_command, free_port, wait_until_serving
+from conftest import fhir_server_command, free_port, stop_process, wait_until_serving
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fhirclient import client as py_fhirclient
@@ -200,12 +200,7 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
                 assert r.status_code == 200, r.text
             yield env
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+            stop_process(proc)
             log.close()
 
 

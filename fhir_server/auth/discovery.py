@@ -41,6 +41,7 @@ def endpoints(base: str) -> dict[str, str]:
         "userinfo": f"{base}/auth/userinfo",
         "jwks": f"{base}/auth/jwks",
         "launch": f"{base}/auth/launch",
+        "register": f"{base}/auth/register",
     }
 
 
@@ -52,6 +53,7 @@ def smart_configuration(base: str) -> dict:
         "jwks_uri": urls["jwks"],
         "authorization_endpoint": urls["authorize"],
         "token_endpoint": urls["token"],
+        "registration_endpoint": urls["register"],
         "token_endpoint_auth_methods_supported": AUTH_METHODS,
         "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
         "grant_types_supported": GRANT_TYPES,
@@ -73,6 +75,7 @@ def openid_configuration(base: str) -> dict:
         "authorization_endpoint": urls["authorize"],
         "token_endpoint": urls["token"],
         "userinfo_endpoint": urls["userinfo"],
+        "registration_endpoint": urls["register"],
         "jwks_uri": urls["jwks"],
         "introspection_endpoint": urls["introspect"],
         "revocation_endpoint": urls["revoke"],
@@ -94,7 +97,7 @@ def openid_configuration(base: str) -> dict:
 def oauth_uris_extension(base: str) -> dict:
     """The CapabilityStatement ``rest.security`` extension SMART clients (e.g. fhirclient) read."""
     urls = endpoints(base)
-    names = ("authorize", "token", "introspect", "revoke")
+    names = ("authorize", "token", "introspect", "revoke", "register")
     return {
         "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
         "extension": [{"url": name, "valueUri": urls[name]} for name in names],

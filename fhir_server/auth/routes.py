@@ -23,6 +23,7 @@ from .clients import PUBLIC
 from .discovery import openid_configuration, smart_configuration
 from .oauth import JSON_HEADERS, SmartRequest
 from .pages import SECURITY_HEADERS, Form, logout_page, message_page
+from .registration import REGISTRATION_SCOPE, register
 from .server import LAUNCH_LIFETIME, AuthServer
 from .tokens import InvalidToken
 
@@ -137,14 +138,22 @@ async def jwks(request: Request) -> Response:
 
 
 # --- authorization endpoint and its pages --------------------------------------------------------
+async def _form_or_error_page(request: Request) -> dict[str, list[str]] | Response:
+    """The posted form, or the 400 page saying why it could not be read."""
+    try:
+        return await read_form(request)
+    except FormError as exc:
+        lang = _lang(request)
+        return HTMLResponse(message_page(lang, i18n.text(lang, "error_title"), str(exc)), 400)
+
+
 async def authorize(request: Request) -> Response:
     form: dict[str, list[str]] = {}
     if request.method == "POST":  # SMART authorize-post: the same parameters as a form
-        try:
-            form = await read_form(request)
-        except FormError as exc:
-            lang = _lang(request)
-            return HTMLResponse(message_page(lang, i18n.text(lang, "error_title"), str(exc)), 400)
+        form_or_page = await _form_or_error_page(request)
+        if isinstance(form_or_page, Response):
+            return form_or_page
+        form = form_or_page
     lang = _lang(request, form)
     base = issuer(request)
     oauth_request = SmartRequest(request.method, str(request.url), request.headers, _query(request), form, base)
@@ -160,11 +169,9 @@ async def interaction_page(request: Request) -> Response:
             interaction.show, auth, request.query_params.get("tx"), _browser(request, lang)
         )
         return _html(request, outcome)
-    try:
-        form = await read_form(request)
-    except FormError as exc:
-        lang = _lang(request)
-        return HTMLResponse(message_page(lang, i18n.text(lang, "error_title"), str(exc)), 400)
+    form = await _form_or_error_page(request)
+    if isinstance(form, Response):
+        return form
     lang = _lang(request, form)
     exists = await _patient_exists(request, form)
     outcome = await run_in_threadpool(
@@ -289,6 +296,25 @@ async def launch(request: Request) -> Response:
     return JSONResponse({"launch": launch_id, "expires_in": LAUNCH_LIFETIME}, status_code=201)
 
 
+async def register_client(request: Request) -> Response:
+    """RFC 7591 dynamic registration, behind an initial access token (see auth/registration.py)."""
+    claims = await _bearer_claims(request)
+    if isinstance(claims, Response):
+        return claims
+    if REGISTRATION_SCOPE not in claims["scope"].split():
+        return _bearer_error(403, "insufficient_scope", f"Registration needs the {REGISTRATION_SCOPE} scope")
+    if not request.headers.get("content-type", "").startswith("application/json"):
+        return oauth_error("invalid_client_metadata", "Client metadata are sent as application/json")
+    body = await request.body()
+    try:
+        metadata = json.loads(body) if len(body) <= MAX_FORM_BYTES else None
+        answer = await run_in_threadpool(register, _auth(request).add_client, metadata)
+    except ValueError as exc:  # malformed JSON, or a RegistrationError
+        return oauth_error(getattr(exc, "error", "invalid_client_metadata"), str(exc) or "Malformed JSON")
+    log.info("client registered dynamically")
+    return JSONResponse(answer, status_code=201, headers={"Cache-Control": "no-store"})
+
+
 async def _launch_values(request: Request) -> dict[str, str]:
     if request.headers.get("content-type", "").startswith("application/json"):
         body = await request.body()
@@ -327,5 +353,6 @@ def auth_routes() -> list[BaseRoute]:
         Route("/auth/revoke", revoke, methods=["POST"]),
         Route("/auth/userinfo", userinfo, methods=["GET", "POST"]),
         Route("/auth/launch", launch, methods=["POST"]),
+        Route("/auth/register", register_client, methods=["POST"]),
         *(Route(path, preflight, methods=["OPTIONS"], name=f"preflight:{path}") for path in cors),
     ]

@@ -71,6 +71,17 @@ def _resource(type_: str) -> dict:
     return {k: v for k, v in entry.items() if v != []}
 
 
+# Parameters of every type, and of system-level search (GET [base]?_type=…&…).
+_SP = "http://hl7.org/fhir/SearchParameter"
+_COMMON = (("_id", "token"), ("_lastUpdated", "date"), ("_tag", "token"), ("_profile", "uri"),
+           ("_security", "token"), ("_source", "uri"))  # fmt: skip
+SYSTEM_SEARCH_PARAMETERS = [
+    *({"name": c, "definition": f"{_SP}/Resource-{c[1:]}", "type": t} for c, t in _COMMON),
+    {"name": "_type", "type": "special", "documentation": "System-level search: the resource types to search"},
+    {"name": "_list", "type": "special", "documentation": "Members of the List of that id (of the searched type)"},
+]
+
+
 @lru_cache(maxsize=16)
 def capability_statement(base: str, smart: bool = False) -> bytes:
     """``smart``: SMART authorization is on, so ``rest.security`` names the OAuth endpoints."""
@@ -90,7 +101,13 @@ def capability_statement(base: str, smart: bool = False) -> bytes:
             {
                 "mode": "server",
                 "resource": [_resource(t) for t in sorted(R4_RESOURCE_TYPES)],
-                "interaction": [{"code": "history-system"}, {"code": "transaction"}, {"code": "batch"}],
+                "interaction": [
+                    {"code": "search-system"},
+                    {"code": "history-system"},
+                    {"code": "transaction"},
+                    {"code": "batch"},
+                ],
+                "searchParam": SYSTEM_SEARCH_PARAMETERS,
                 "operation": [{"name": "export", "definition": f"{_BULK}/export"}],
             }
         ],

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl
+
 from starlette.requests import Request
 
-from ..errors import bad_request, too_large
+from ..errors import bad_request, too_large, unsupported_media_type
 from ..fhirjson import loads
 from .negotiation import check_body_type
 
@@ -30,3 +32,14 @@ async def read_resource(request: Request) -> object:
     if not body.strip():
         raise bad_request("The request body is empty: a FHIR resource is expected")
     return loads(body, max_depth=settings.max_json_depth)
+
+
+async def form_parameters(request: Request) -> list[tuple[str, str]]:
+    """The parameters of a ``POST _search``: an ``application/x-www-form-urlencoded`` body (415 otherwise)."""
+    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        raise unsupported_media_type("POST _search takes application/x-www-form-urlencoded parameters")
+    body = await read_limited(request, request.app.state.settings.max_body_bytes)
+    try:
+        return parse_qsl(body.decode("utf-8"), keep_blank_values=True)
+    except UnicodeDecodeError:
+        raise bad_request("The _search form is not valid UTF-8") from None

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import urlencode
 
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..errors import bad_request, not_found, unsupported_media_type
+from ..errors import bad_request, not_found
 from ..instant import from_http_date
 from ..interactions import crud
 from ..interactions import history as history_interaction
@@ -18,8 +18,8 @@ from ..interactions import search as search_interaction
 from ..interactions.capabilities import capability_statement
 from ..store import ResourceVersion
 from ..validation import R4_RESOURCE_TYPES
-from . import export_routes
-from .body import read_limited, read_resource
+from . import export_routes, system_search_routes
+from .body import form_parameters, read_limited, read_resource
 from .bundle_routes import process_bundle
 from .caller import context
 from .responses import (
@@ -159,14 +159,7 @@ async def search_type(request: Request, type_name: str) -> Response:
 async def search_type_post(request: Request, type_name: str) -> Response:
     """POST _search: form-encoded parameters (and any in the URL), same answer as GET."""
     type_ = resource_type(type_name)
-    content_type = request.headers.get("content-type", "")
-    if not content_type.startswith("application/x-www-form-urlencoded"):
-        raise unsupported_media_type("POST _search takes application/x-www-form-urlencoded parameters")
-    body = await read_limited(request, request.app.state.settings.max_body_bytes)
-    try:
-        form = parse_qsl(body.decode("utf-8"), keep_blank_values=True)
-    except UnicodeDecodeError:
-        raise bad_request("The _search form is not valid UTF-8") from None
+    form = await form_parameters(request)
     return await _search(request, type_, [*criteria(request), *((k, v) for k, v in form if k not in GENERAL)])
 
 
@@ -289,3 +282,4 @@ async def conditional_patch(request: Request, type_name: str) -> Response:
 
 
 routes.extend(export_routes.routes)
+routes.extend(system_search_routes.routes)

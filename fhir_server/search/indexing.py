@@ -10,7 +10,9 @@ elements give several; duplicates are removed):
 
 - string: value = ``fold(text)``, system = the original text (``:exact``). HumanName → one entry per
   family, given, prefix, suffix, text; Address → per line, city, district, state, postalCode, country,
-  text.
+  text. A family or given name with several parts also gets ``{param}:part`` entries (value only): each
+  part after the first, and the parts joined when it has punctuation other than spaces and hyphens
+  (``Carreno Quinones`` → ``quinones``; ``O'Brien`` → ``brien``, ``obrien``); single-part names get none.
 - token: value = code, system = its system or None. Coding(code, system), CodeableConcept (one per
   coding), Identifier(value, system), ContactPoint(value, system = phone|email…), string/id/uri
   (system None), boolean ("true"/"false"). A ``code`` element has the system its binding implies when
@@ -21,10 +23,13 @@ elements give several; duplicates are removed):
   Coding.display / CodeableConcept.text / Identifier.type.text; and ``{param}:of-type`` entries,
   value = ``{type.coding.system or ''}|{type.coding.code}|{identifier.value}``.
 - reference: value = ``Type/id`` (relative, ``/_history/n`` stripped) or the absolute URL (history
-  stripped too) or the canonical URL without ``|version``; system = the target type (from the
-  reference, else Reference.type, else the parameter's single target, else None). ``#local``
-  references are skipped. Plus ``{param}:identifier`` entries: value/system = Reference.identifier
-  value/system. A resource in reference position (Bundle.entry[0].resource) gives ``Type/id``.
+  stripped too; ``index_entries(…, base)`` makes ``[base]/Type/id`` relative) or the canonical URL without
+  ``|version`` (a versioned canonical gets a second entry, ``url|version``); system = the target type
+  (from the reference, else Reference.type, else the parameter's single target, else None); low = the
+  version of a versioned reference (``Patient/1/_history/2`` → 2, what ``_include`` returns), else None.
+  ``#local`` references are skipped. Plus ``{param}:identifier`` entries: value/system =
+  Reference.identifier value/system. A resource in reference position (Bundle.entry[0].resource) gives
+  ``Type/id``.
 - date: low/high = [low, high) µs since the epoch UTC (``instant.date_range``; no zone → UTC);
   Period = start's low .. end's high, open ends -inf/+inf; Timing = one per event.
 - number: low/high = the implicit precision range (``100`` → [99.5, 100.5]), value = canonical
@@ -32,7 +37,7 @@ elements give several; duplicates are removed):
 - quantity: low/high as number (a comparator opens one side: ``<5`` → [-inf, 5.5]), system =
   Quantity.system, value = Quantity.code, plus a second entry with value = unit when it differs.
   Money: value = currency, system = ``urn:iso:std:iso:4217``. Range: its bounds, unit of low/high.
-- uri: value = the URI as is.
+- uri: value = the URI as is; a versioned ``canonical`` (``meta.profile``) also without its ``|version``.
 - composite: one entry per combination of component values on the same element (Observation, each
   Observation.component, each useContext…): value = first component as ``system|code`` (system ''
   when absent), system = the other components' text joined by ``$``: quantity → ``system|code`` (and
@@ -124,6 +129,8 @@ def _emitter(param_type: str, fhir_type: str, target: str | None) -> Emit | None
             return n.range_quantity_rows
         return n.quantity_rows if is_a(fhir_type, "Quantity") else None
     if param_type == "uri":
+        if fhir_type == "canonical":
+            return n.canonical_uri_rows
         return n.uri_rows if fhir_type in _STRINGISH else None
     return None
 
@@ -172,9 +179,32 @@ def _bind(branches: tuple[Branch, ...] | list[Branch], param_type: str, target: 
             emit = _emitter(param_type, branch.type, target)
             if emit is n.code_rows and branch.type == "code" and branch.path in code_systems():
                 emit = partial(n.code_rows, system=code_systems()[branch.path])
+            elif emit is n.string_rows and branch.path in NAME_PART_PATHS:
+                emit = n.name_string_rows
             if emit is not None:
                 bound.append((branch.head, branch.fn, emit))
     return bound
+
+
+# String elements whose compound values also get ``:part`` rows (see ``normalize.name_part_rows``); HumanName
+# parameters (``name``, ``phonetic``) get them for family and given through ``human_name_rows``.
+NAME_PART_PATHS = frozenset({"HumanName.family", "HumanName.given"})
+
+
+def has_name_parts(type_: str, code: str) -> bool:
+    """Whether ``code`` of ``type_`` is indexed with ``:part`` rows (a string search then also matches them)."""
+    return code in _name_part_params(type_ if type_ in RESOURCE_TYPES else "DomainResource")
+
+
+@lru_cache(maxsize=512)
+def _name_part_params(type_: str) -> frozenset[str]:
+    found = set()
+    for code, definition in parameters(type_).items():
+        if definition["type"] == "string" and code != "phonetic":
+            for branch in compile_param(definition["expression"], type_):
+                if branch.type == "HumanName" or branch.path in NAME_PART_PATHS:
+                    found.add(code)
+    return frozenset(found)
 
 
 def _single_target(definition: dict) -> str | None:
@@ -375,7 +405,30 @@ def text_rows(resource: dict, type_: str) -> list[n.Row]:
     return rows
 
 
-def index_entries(resource: dict) -> list[IndexEntry]:
+@lru_cache(maxsize=512)
+def _reference_codes(type_: str) -> frozenset[str]:
+    return frozenset(code for code, d in parameters(type_).items() if d["type"] == "reference")
+
+
+def _relative_to(base: str, type_: str, rows: list[n.Row]) -> list[n.Row]:
+    """References to this server's own ``base`` (``[base]/Patient/1``) indexed as ``Patient/1``, so that
+    searches, chains, ``_has``, includes and compartments treat both forms alike (search.html#reference)."""
+    prefix = base.rstrip("/") + "/"
+    codes = _reference_codes(type_)
+    out = []
+    for row in rows:
+        value = row[1]
+        if value.__class__ is str and value.startswith(prefix) and row[0] in codes:
+            local = value[len(prefix) :]
+            if local.count("/") == 1 and fc.literal_type(local):
+                row = (row[0], local, *row[2:])
+        out.append(row)
+    return out
+
+
+def index_entries(resource: dict, base: str | None = None) -> list[IndexEntry]:
+    """The entries of ``resource``; ``base``: this server's configured base URL (``settings.base_url``), to
+    index references to it as relative ones."""
     type_ = resource.get("resourceType") or ""
     by_head, headless, composites = plan(type_)
     focus = [resource]
@@ -391,4 +444,6 @@ def index_entries(resource: dict) -> list[IndexEntry]:
     for producer in composites:
         rows += producer(focus, resource, memo)
     rows += text_rows(resource, type_ if type_ in RESOURCE_TYPES else "DomainResource")
+    if base:
+        rows = _relative_to(base, type_ if type_ in RESOURCE_TYPES else "DomainResource", rows)
     return [IndexEntry(*row) for row in dict.fromkeys(rows)]

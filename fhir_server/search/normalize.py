@@ -121,25 +121,58 @@ def string_rows(param: str, value: Any) -> list[Row]:
     return [(param, fold(value), value, None, None)]
 
 
-def _parts_rows(param: str, value: Any, singles: tuple[str, ...], lists: tuple[str, ...]) -> list[Row]:
+def _parts_rows(
+    param: str, value: Any, singles: tuple[str, ...], lists: tuple[str, ...], split: tuple[str, ...] = ()
+) -> list[Row]:
     if value.__class__ is not dict:
         return []
     rows: list[Row] = []
     for key in singles:
         part = value.get(key)
         if part.__class__ is str and part:
-            rows.append((param, fold(part), part, None, None))
+            rows.append((param, folded := fold(part), part, None, None))
+            if key in split:
+                rows += name_part_rows(param, folded)
     for key in lists:
         parts = value.get(key)
         for part in parts if parts.__class__ is list else ():
             if part.__class__ is str and part:
-                rows.append((param, fold(part), part, None, None))
+                rows.append((param, folded := fold(part), part, None, None))
+                if key in split:
+                    rows += name_part_rows(param, folded)
     return rows
 
 
 def human_name_rows(param: str, value: Any) -> list[Row]:
-    """One string row per part of the name (search.html#string: HumanName searches all its parts)."""
-    return _parts_rows(param, value, ("family", "text"), ("given", "prefix", "suffix"))
+    """One string row per part of the name (search.html#string: HumanName searches all its parts), and the
+    ``:part`` rows of compound or punctuated family and given names (``name_part_rows``)."""
+    split = ("family", "given") if param != "phonetic" else ()  # phonetic: a copy of the name, no more rows
+    return _parts_rows(param, value, ("family", "text"), ("given", "prefix", "suffix"), split)
+
+
+def name_string_rows(param: str, value: Any) -> list[Row]:
+    """``family`` / ``given``: the string row and its ``:part`` rows."""
+    rows = string_rows(param, value)
+    return rows + name_part_rows(param, rows[0][1]) if rows else rows
+
+
+NAME_SEPARATORS = re.compile(r"[\s\-'.,]+")
+
+
+def name_part_rows(param: str, folded: str) -> list[Row]:
+    """search.html#string: the parts of a name are searched independently (``Carreno Quinones`` is found by
+    ``quinones``) and punctuation is ignored (``O'Brien`` by ``obrien``). For a folded name with several
+    parts, rows under ``{param}:part``: each part after the first (the first is the name's own prefix), and
+    for a name with punctuation other than spaces and hyphens, the parts joined. Other names get none (a
+    row is what a write pays for)."""
+    if " " not in folded and "-" not in folded and "'" not in folded and "." not in folded and "," not in folded:
+        return []
+    parts = [p for p in NAME_SEPARATORS.split(folded) if p]
+    if len(parts) < 2:
+        return []
+    punctuated = "'" in folded or "." in folded or "," in folded
+    extra = dict.fromkeys((*parts[1:], "".join(parts)) if punctuated else parts[1:])
+    return [(param + ":part", part, None, None, None) for part in extra]
 
 
 def address_rows(param: str, value: Any) -> list[Row]:
@@ -293,19 +326,30 @@ def reference_rows(param: str, value: Any, target: str | None = None) -> list[Ro
         if found:
             declared = value.get("type")
             rows.append((param, found[0], found[1] or (declared if declared.__class__ is str else target),
-                         None, None))  # fmt: skip
+                         _referenced_version(literal, found[0]), None))  # fmt: skip
     ident = value.get("identifier")
     if ident.__class__ is dict and ident.get("value").__class__ is str:
         rows.append((param + ":identifier", ident["value"], _str(ident.get("system")), None, None))
     return rows
 
 
+def _referenced_version(literal: str, value: str) -> float | None:
+    """The version of a versioned reference (``Patient/1/_history/2`` → 2), kept in the entry's ``low`` so an
+    ``_include`` returns that version (search.html#versions); None for other references."""
+    if len(literal) == len(value):
+        return None
+    version = literal[len(value) + 10 :]  # after "/_history/"
+    return float(version) if version.isascii() and version.isdigit() and len(version) < 16 else None
+
+
 def canonical_rows(param: str, value: Any, target: str | None = None) -> list[Row]:
-    """A canonical/uri reference: the URL without ``|version``."""
+    """A canonical/uri reference: the URL without ``|version`` (matched by any version), and for a versioned
+    canonical the whole ``url|version`` too (``instantiates-canonical=url|1.1``, ``:below=url|1``)."""
     if value.__class__ is not str or not value:
         return []
     url, type_ = canonical_value(value)
-    return [(param, url, type_ or target, None, None)]
+    row = (param, url, type_ or target, None, None)
+    return [row] if len(url) == len(value) else [row, (param, value, type_ or target, None, None)]
 
 
 def resource_rows(param: str, value: Any, target: str | None = None) -> list[Row]:
@@ -437,6 +481,17 @@ def uri_rows(param: str, value: Any) -> list[Row]:
     if value.__class__ is not str or not value:
         return []
     return [(param, value, None, None, None)]
+
+
+def canonical_uri_rows(param: str, value: Any) -> list[Row]:
+    """A ``canonical`` in a uri parameter (``_profile``): as is, and without its ``|version`` when it has one
+    (so the bare URL matches every version, ``url|version`` that version)."""
+    if value.__class__ is not str or not value:
+        return []
+    cut = value.find("|")
+    if cut <= 0:
+        return [(param, value, None, None, None)]
+    return [(param, value, None, None, None), (param, value[:cut], None, None, None)]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -7,24 +7,27 @@ Index entry encoding (what each parameter type matches against) is described in 
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from ..errors import bad_request, not_supported
 from ..instant import date_range
-from ..store.query import AnyOf, Chain, Condition, Entry, Has, IdIn, Missing, Not, Range, Search
+from ..store.query import AllOf, AnyOf, Chain, Condition, Entry, Has, IdIn, Missing, Not, Range, Search
 from . import registry
-from .normalize import fold, number_range
-from .valuesets import Code
+from .indexing import has_name_parts
+from .normalize import NAME_SEPARATORS, fold, number_range, words
+from .valuesets import Code, Hierarchy, subsumed
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 MAX_CHAIN_DEPTH = 4
 _MODIFIERS = {
     "string": {"exact", "contains", "missing"},
-    "token": {"not", "text", "of-type", "missing", "in", "not-in"},
+    "token": {"not", "text", "of-type", "missing", "in", "not-in", "below", "above"},
     "reference": {"identifier", "missing"},
     "date": {"missing"},
     "number": {"missing"},
@@ -48,6 +51,16 @@ class Scope:
     constraints: Callable[[str], tuple[Condition, ...]] = no_constraints
     depth: int = 0
     valuesets: Mapping[str, tuple[Code, ...]] = field(default_factory=dict)  # url → codes, for :in/:not-in
+    codesystems: Mapping[str, Hierarchy] = field(default_factory=dict)  # url → is-a links, for :below/:above
+    # Store lookups a search needs, made by the caller within its own constraints: a first parse records
+    # them in ``wanted``, the real parse reads the answers.
+    # - ("id", id, targets): a bare id given to a reference with several target types (``subject=23``);
+    #   ``found``: id → the types holding it (several: the search is ambiguous, a 400).
+    # - ("tree", type, id, "below"|"above"): reference ``:below``/``:above`` (``location:below=42``);
+    #   ``linked``: (type, id, direction) → the ids down / up the type's hierarchy, ``id`` included.
+    wanted: set[tuple] | None = None
+    found: Mapping[str, frozenset[str]] | None = None
+    linked: Mapping[tuple[str, str, str], tuple[str, ...]] | None = None
 
     def deeper(self) -> Scope:
         if self.depth >= MAX_CHAIN_DEPTH:
@@ -67,28 +80,33 @@ def _linked(type_: str, pairs: list[tuple[str, str]], scope: Scope) -> Search:
 
 
 def condition(type_: str, name: str, value: str, scope: Scope = Scope()) -> Condition:
-    base = scope.base
     if name.startswith("_has:"):
         return _has(name, value, scope)
+    if name == "_list":
+        return _list(value, scope)
     head, _, chain_rest = name.partition(".")
     code, _, modifier = head.partition(":")
     definition = _definition(type_, code)
     kind = definition["type"]
     if chain_rest:
-        return _chain(definition, modifier, chain_rest, value, scope)
+        return _chain(type_, definition, modifier, chain_rest, value, scope)
     if modifier == "missing":
         if value not in ("true", "false"):
             raise bad_request(f"{name}={value!r}: :missing takes true or false")
         return Missing(code, value == "true")
+    if kind == "reference" and modifier in ("below", "above"):
+        return _any(_reference_hierarchy(type_, definition, v, modifier, scope) for v in _split(value))
     if kind == "reference" and modifier and modifier != "identifier":
         if modifier not in definition.get("target", ()) and modifier not in registry.by_type():
             raise bad_request(f"{name}: {modifier!r} is not a resource type this reference can target")
-        return _any(_reference(definition, value, base, modifier) for value in _split(value))
+        return _any(_reference(type_, definition, value, scope, modifier) for value in _split(value))
     allowed = _MODIFIERS.get(kind, set())
     if modifier and modifier not in allowed:
         raise not_supported(f"Modifier :{modifier} is not supported for {kind} parameter {code!r}")
     if modifier in ("in", "not-in"):
         return _in_valueset(code, value, modifier, scope)
+    if modifier in ("below", "above") and kind == "token":
+        return _any(_subsumption(definition, v, modifier, scope) for v in _split(value))
     values = _split(value)
     if kind not in ("token", "quantity", "composite"):  # only these give "|" or "$" a meaning
         values = [_unescape(v) for v in values]
@@ -97,12 +115,47 @@ def condition(type_: str, name: str, value: str, scope: Scope = Scope()) -> Cond
     builder = _BUILDERS.get(kind)
     if builder is None:
         raise not_supported(f"Search parameter {code!r} of type {kind} is not supported")
-    return _any(builder(definition, v, modifier, base) for v in values)
+    return _any(builder(definition, v, modifier, scope, type_) for v in values)
 
 
 def valueset_urls(pairs: list[tuple[str, str]]) -> set[str]:
     """The ValueSets a query's ``:in`` / ``:not-in`` parameters name (to be fetched before parsing)."""
     return {value for name, value in pairs if name.endswith((":in", ":not-in"))}
+
+
+def codesystem_urls(pairs: list[tuple[str, str]]) -> set[str]:
+    """The code systems a query's ``:below`` / ``:above`` token values name (``system|code``)."""
+    return {
+        part.partition("|")[0]
+        for name, value in pairs
+        if name.endswith((":below", ":above"))
+        for part in value.split(",")
+        if "|" in part and urlsplit(part.partition("|")[0]).scheme
+    }
+
+
+def _subsumption(definition: dict, value: str, modifier: str, scope: Scope) -> Condition:
+    """Token ``:below`` / ``:above``: a MIME type and its parameters (search.html#mimetype), else the codes
+    the code subsumes / is subsumed by in a CodeSystem stored on this server (search.html#token)."""
+    code = definition["code"]
+    if (definition.get("expression") or "").endswith(".contentType"):
+        mime = _unescape(value)
+        if modifier == "above":
+            raise not_supported(f"{code}:above={value!r}: :above is not supported on MIME types")
+        if "/" not in mime:
+            return Entry(code, value_prefix=f"{mime}/")
+        return AnyOf((Entry(code, value=mime), Entry(code, value_prefix=f"{mime};")))
+    system, token = _cut(value, "|")
+    if not system or not token:
+        raise bad_request(f"{code}:{modifier}={value!r}: expected system|code")
+    tree = scope.codesystems.get(system)
+    if tree is None:
+        raise bad_request(
+            f"{code}:{modifier}={value!r}: no CodeSystem {system} is stored on this server; subsumption needs "
+            "its hierarchy (no terminology server is behind this one)"
+        )
+    codes = tuple(sorted(subsumed(tree, token, modifier == "below")))
+    return Entry(code, system=system, value=codes[0]) if len(codes) == 1 else Entry(code, system=system, value_in=codes)
 
 
 def _in_valueset(code: str, url: str, modifier: str, scope: Scope) -> Condition:
@@ -178,17 +231,23 @@ def _any(conditions) -> Condition:
 # --- types ----------------------------------------------------------------------------------------
 
 
-def _id(definition: dict, value: str, modifier: str, base: str) -> Condition:
+def _id(definition: dict, value: str, modifier: str, scope: Scope, type_: str) -> Condition:
     return IdIn((value,))
 
 
-def _string(definition: dict, value: str, modifier: str, base: str) -> Condition:
+def _string(definition: dict, value: str, modifier: str, scope: Scope, type_: str) -> Condition:
     code = definition["code"]
     if modifier == "exact":
         return Entry(code, system=value)
     if modifier == "contains":
         return Entry(code, value_contains=fold(value))
-    return Entry(code, value_prefix=fold(value))
+    folded = fold(value)
+    if not has_name_parts(type_, code):
+        return Entry(code, value_prefix=folded)
+    # Names: a part of a compound name matches too, and punctuation is ignored (normalize.name_part_rows).
+    found = Entry(code, or_param=f"{code}:part", value_prefix=folded)
+    joined = "".join(NAME_SEPARATORS.split(folded))
+    return found if joined == folded or not joined else AnyOf((found, Entry(f"{code}:part", value_prefix=joined)))
 
 
 def _token(code: str, value: str, modifier: str | None) -> Condition:
@@ -209,33 +268,158 @@ def _token(code: str, value: str, modifier: str | None) -> Condition:
     return Entry(code, value=token, system=system)
 
 
-def _token_builder(definition: dict, value: str, modifier: str, base: str) -> Condition:
+def _token_builder(definition: dict, value: str, modifier: str, scope: Scope, type_: str) -> Condition:
     return _token(definition["code"], value, modifier or None)
 
 
-def _reference(definition: dict, value: str, base: str, type_modifier: str = "") -> Condition:
+def _reference(type_: str, definition: dict, value: str, scope: Scope, type_modifier: str = "") -> Condition:
+    """``Type/id``, a bare ``id`` (every target type), this server's ``[base]/Type/id``, another absolute URL,
+    or a canonical (``url|version``: the versioned entry, see ``normalize.canonical_rows``)."""
     code = definition["code"]
+    base = scope.base
     if base and value.startswith(base + "/"):
         value = value[len(base) + 1 :]
     if "/_history/" in value:
         value = value.split("/_history/", 1)[0]
     if urlsplit(value).scheme:  # an absolute URL elsewhere, or a canonical
-        return Entry(code, value=value.split("|", 1)[0])
+        return Entry(code, value=value)
     if "/" in value:
         ref_type, _, ref_id = value.rpartition("/")
         if type_modifier and ref_type != type_modifier:
             raise bad_request(f"{code}:{type_modifier}={value!r}: the reference type contradicts the modifier")
-        return Entry(code, value=f"{ref_type}/{ref_id}")
-    targets = [type_modifier] if type_modifier else list(definition.get("target", ()))
+        return _local_reference(code, (f"{ref_type}/{ref_id}",), base)
+    targets = (type_modifier,) if type_modifier else targets_of(type_, definition)
     if not targets:
         raise bad_request(f"{code}={value!r}: give the reference as Type/id")
-    return _any(Entry(code, value=f"{t}/{value}") for t in targets)
+    if len(targets) > 1:
+        _check_ambiguity(code, value, targets, scope)
+    return _local_reference(code, tuple(f"{t}/{value}" for t in targets), base)
 
 
-def _reference_builder(definition: dict, value: str, modifier: str, base: str) -> Condition:
+def targets_of(type_: str, definition: dict) -> tuple[str, ...]:
+    """The types a reference parameter can point at from ``type_``: its declared targets, narrowed by the
+    ``where(resolve() is T)`` of the expression for that type (``Observation?patient`` declares Patient and
+    Group, but its Observation expression keeps Patient subjects only)."""
+    targets = tuple(definition.get("target", ()))
+    if len(targets) < 2 or not definition.get("expression"):
+        return targets
+    return _narrowed_targets(type_, definition["expression"], targets)
+
+
+@lru_cache(maxsize=1024)
+def _narrowed_targets(type_: str, expression: str, targets: tuple[str, ...]) -> tuple[str, ...]:
+    from .fhirpath_compile import parse as parse_fhirpath
+
+    try:
+        tree = parse_fhirpath(expression)
+    except ValueError:
+        return targets
+    members: list[tuple] = []
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if node[0] == "union":
+            stack += [node[1], node[2]]
+        else:
+            members.append(node)
+    relevant = [m for m in members if _root_name(m) in (type_, "Resource", "DomainResource")]
+    resolved = {_resolve_is(m) for m in relevant}
+    if not relevant or None in resolved:
+        return targets
+    return tuple(t for t in targets if t in resolved)
+
+
+def _root_name(node: tuple) -> str | None:
+    while node[0] == "dot":
+        node = node[1]
+    return node[1] if node[0] == "name" else None
+
+
+def _resolve_is(node: object) -> str | None:
+    """The ``T`` of a ``resolve() is T`` anywhere in ``node``."""
+    if not isinstance(node, tuple):
+        return None
+    if len(node) == 3 and node[0] == "is" and node[1] == ("call", "resolve", ()):
+        return node[2]
+    for child in node[1:] if isinstance(node[0], str) else node:
+        found = _resolve_is(child)
+        if found is not None:
+            return found
+    return None
+
+
+def _local_reference(code: str, refs: tuple[str, ...], base: str) -> Entry:
+    """References to resources of this server, stored relative (``Type/id``) or, when written before the
+    server knew its base, absolute with the base of this request: both forms match."""
+    values = (*refs, *(f"{base}/{ref}" for ref in refs)) if base else refs
+    return Entry(code, value=values[0]) if len(values) == 1 else Entry(code, value_in=values)
+
+
+def _check_ambiguity(code: str, id_: str, targets: tuple[str, ...], scope: Scope) -> None:
+    """search.html#reference: a logical id naming resources of several types SHOULD be rejected."""
+    if scope.wanted is not None:
+        scope.wanted.add(("id", id_, targets))
+    elif scope.found is not None:
+        types = sorted(scope.found.get(id_, frozenset()) & set(targets))
+        if len(types) > 1:
+            both = ", ".join(f"{t}/{id_}" for t in types)
+            raise bad_request(f"{code}={id_!r} is ambiguous: {both} all exist; give the reference as Type/id")
+
+
+def _reference_builder(definition: dict, value: str, modifier: str, scope: Scope, type_: str) -> Condition:
     if modifier == "identifier":
         return _token(f"{definition['code']}:identifier", value, None)
-    return _reference(definition, value, base)
+    return _reference(type_, definition, value, scope)
+
+
+def _reference_hierarchy(type_: str, definition: dict, value: str, modifier: str, scope: Scope) -> Condition:
+    """``:below`` / ``:above`` on a reference: on a canonical, versions (search.html#versions); on a resource
+    whose type has a circular reference (``Location.partOf``), it and the resources below / above it
+    (search.html#recursive)."""
+    code = definition["code"]
+    if scope.base and value.startswith(scope.base + "/"):
+        value = value[len(scope.base) + 1 :]
+    if urlsplit(value).scheme:
+        if modifier == "above":
+            raise not_supported(f"{code}:above={value!r}: :above is not supported on canonical references")
+        return _canonical_below(code, value)
+    ref_type, _, id_ = value.rpartition("/")
+    targets = (ref_type,) if ref_type else targets_of(type_, definition)
+    usable = [t for t in targets if circular_parameter(t)]
+    if not usable or not id_:
+        raise not_supported(f"{code}:{modifier}={value!r}: no target type of {code!r} forms a hierarchy")
+    refs: list[str] = []
+    for target in usable:
+        key = (target, id_, modifier)
+        if scope.wanted is not None:
+            scope.wanted.add(("tree", *key))
+            ids: tuple[str, ...] = (id_,)
+        elif scope.linked is not None and key in scope.linked:
+            ids = scope.linked[key]
+        else:
+            raise not_supported(f"{code}:{modifier}: hierarchies are resolved in searches only")
+        refs += (f"{target}/{i}" for i in ids)
+    return _local_reference(code, tuple(refs), scope.base)
+
+
+@lru_cache(maxsize=512)
+def circular_parameter(type_: str) -> str | None:
+    """The reference parameter by which resources of ``type_`` form a hierarchy (``Location.partof``): the one
+    parameter of ``type_`` targeting ``type_`` only."""
+    params = registry.parameters_of(type_).items()
+    found = [c for c, d in params if d["type"] == "reference" and d.get("target") == [type_]]
+    return found[0] if len(found) == 1 else None
+
+
+def _canonical_below(code: str, value: str) -> Condition:
+    """search.html#versions: ``:below`` on a canonical reference controls the version: ``url`` matches every
+    version, ``url|1`` versions 1 and 1.x."""
+    url, _, version = value.partition("|")
+    if not urlsplit(url).scheme:
+        raise not_supported(f"{code}:below={value!r}: :below on a reference is supported for canonical URLs only")
+    if not version:
+        return Entry(code, value=url)
+    return AnyOf((Entry(code, value=f"{url}|{version}"), Entry(code, value_prefix=f"{url}|{version}.")))
 
 
 def _prefix(value: str) -> tuple[str, str]:
@@ -282,7 +466,7 @@ def _with_code(cond: Condition, code: str, **fields) -> Condition:
     return Entry(code, ranges=cond.ranges, **fields)
 
 
-def _date(definition: dict, value: str, modifier: str, base: str) -> Condition:
+def _date(definition: dict, value: str, modifier: str, scope: Scope, type_: str) -> Condition:
     prefix, raw = _prefix(value)
     found = date_range(raw)
     if found is None:
@@ -330,12 +514,12 @@ def _exact_ranges(prefix: str, number: Decimal) -> Condition:
     raise bad_request(f"Unknown prefix {prefix!r}")
 
 
-def _number(definition: dict, value: str, modifier: str, base: str) -> Condition:
+def _number(definition: dict, value: str, modifier: str, scope: Scope, type_: str) -> Condition:
     prefix, raw = _prefix(value)
     return _with_code(_exact_ranges(prefix, _decimal(definition["code"], raw)), definition["code"])
 
 
-def _quantity(definition: dict, value: str, modifier: str, base: str) -> Condition:
+def _quantity(definition: dict, value: str, modifier: str, scope: Scope, type_: str) -> Condition:
     code = definition["code"]
     number_part, _, unit_part = value.partition("|")
     prefix, raw = _prefix(number_part)
@@ -352,8 +536,15 @@ def _quantity(definition: dict, value: str, modifier: str, base: str) -> Conditi
     return _with_code(_exact_ranges(prefix, number), code, **fields)
 
 
-def _uri(definition: dict, value: str, modifier: str, base: str) -> Condition:
+def _uri(definition: dict, value: str, modifier: str, scope: Scope, type_: str) -> Condition:
     code = definition["code"]
+    if not modifier and code == "url" and "|" in value and registry.parameter(type_, "version") is not None:
+        # search.html#uri: a canonical's |version is a search on the resource's version.
+        url, _, version = value.partition("|")
+        return AllOf((Entry(code, value=url), _token("version", version, None))) if version else Entry(code, value=url)
+    if not modifier and scope.base and not urlsplit(value).scheme:
+        # A relative URI is relative to this server (search.html#profile: _profile=Profile/lipid).
+        return Entry(code, value_in=(value, f"{scope.base}/{value}"))
     if modifier in ("below", "above") and not urlsplit(value).netloc:
         return Entry(code, value=value)  # :above/:below are for URLs, not URNs (search.html#uri)
     if modifier == "below":
@@ -364,7 +555,7 @@ def _uri(definition: dict, value: str, modifier: str, base: str) -> Condition:
     return Entry(code, value=value)
 
 
-def _composite(definition: dict, value: str, modifier: str, base: str) -> Condition:
+def _composite(definition: dict, value: str, modifier: str, scope: Scope, type_: str) -> Condition:
     """``token$second`` against entries value=``system|code``, system/low/high from the second component."""
     code = definition["code"]
     first, sep, second = value.partition("$")
@@ -372,15 +563,15 @@ def _composite(definition: dict, value: str, modifier: str, base: str) -> Condit
     if not sep or not second or "$" in second or len(components) != 2:
         raise bad_request(f"{code}={value!r}: expected two components, first$second")
     # The token part is stored as "system|code"; a bare code matches it in any system.
-    token = {"value": first} if "|" in first else {"value_contains": f"|{first}"}
+    token = {"value": first} if "|" in first else {"value_suffix": f"|{first}"}
     second_type = (registry.by_url().get(components[1].get("definition", "")) or {}).get("type")
     if second_type in ("quantity", "number", "date"):
         builder = {"quantity": _quantity, "number": _number, "date": _date}[second_type]
-        ranged = builder({"code": code}, second, "", base)
+        ranged = builder({"code": code}, second, "", scope, type_)
         system = _quantity_units(second) if second_type == "quantity" else None
         return _with_code(ranged, code, **token, **({"system": system} if system else {}))
-    if second_type == "token" and "|" not in second:
-        raise bad_request(f"{code}={value!r}: give the second component as system|code")
+    if second_type == "token" and "|" not in second:  # a bare code: in any system (stored "system|code")
+        return Entry(code, system_suffix=fold(f"|{second}"), **token)
     return Entry(code, system=second if second_type == "reference" else fold(second), **token)
 
 
@@ -403,16 +594,62 @@ _BUILDERS = {
 }
 
 
-def _words(definition: dict, value: str, modifier: str, base: str) -> Condition:
-    """``_text``/``_content=word1 word2``: every (folded) word prefixes some word entry of the resource."""
-    from ..store.query import AllOf
-    from .normalize import words
-
+def _words(definition: dict, value: str, modifier: str, scope: Scope, type_: str) -> Condition:
+    """``_text``/``_content``: words (each folded word prefixes some word entry of the resource), joined by
+    ``and`` (or nothing) and ``or``, grouped with parentheses: ``(bone OR liver) and metastases``
+    (search.html#text; the operators in any case, ``and`` binding tighter)."""
     code = definition["code"]
-    found = tuple(Entry(code, value_prefix=word) for word in dict.fromkeys(words(value)))
-    if not found:
+    tokens = [t for t in _TEXT_TOKENS.findall(value) if t in "()" or t.lower() in ("and", "or") or words(t)]
+    if not any(t not in "()" and t.lower() not in ("and", "or") for t in tokens):
         raise bad_request(f"{code}={value!r}: no word (letters or digits) to search for")
-    return found[0] if len(found) == 1 else AllOf(found)
+    parser = _TextQuery(code, value, tokens)
+    found = parser.disjunction()
+    if parser.position != len(tokens):
+        raise bad_request(f"{code}={value!r}: unbalanced parentheses")
+    return found
+
+
+_TEXT_TOKENS = re.compile(r"[()]|[^\s()]+")
+
+
+class _TextQuery:
+    """Recursive descent over the tokens of a ``_text`` expression."""
+
+    def __init__(self, code: str, value: str, tokens: list[str]) -> None:
+        self.code, self.value, self.tokens, self.position = code, value, tokens, 0
+
+    def _peek(self) -> str | None:
+        return self.tokens[self.position].lower() if self.position < len(self.tokens) else None
+
+    def disjunction(self) -> Condition:
+        items = [self.conjunction()]
+        while self._peek() == "or":
+            self.position += 1
+            items.append(self.conjunction())
+        return items[0] if len(items) == 1 else AnyOf(tuple(items))
+
+    def conjunction(self) -> Condition:
+        items = [self.term()]
+        while (token := self._peek()) not in (None, ")", "or"):
+            if token == "and":
+                self.position += 1
+            items.append(self.term())
+        unique = tuple(dict.fromkeys(items))
+        return unique[0] if len(unique) == 1 else AllOf(unique)
+
+    def term(self) -> Condition:
+        token = self._peek()
+        if token is None or token in (")", "and", "or"):
+            raise bad_request(f"{self.code}={self.value!r}: a word or '(' was expected")
+        self.position += 1
+        if token == "(":
+            inner = self.disjunction()
+            if self._peek() != ")":
+                raise bad_request(f"{self.code}={self.value!r}: unbalanced parentheses")
+            self.position += 1
+            return inner
+        found = tuple(Entry(self.code, value_prefix=word) for word in dict.fromkeys(words(token)))
+        return found[0] if len(found) == 1 else AllOf(found)
 
 
 _BUILDERS["words"] = _words
@@ -421,11 +658,11 @@ _BUILDERS["words"] = _words
 # --- chains ---------------------------------------------------------------------------------------
 
 
-def _chain(definition: dict, modifier: str, rest: str, value: str, scope: Scope) -> Condition:
+def _chain(type_: str, definition: dict, modifier: str, rest: str, value: str, scope: Scope) -> Condition:
     code = definition["code"]
     if definition["type"] != "reference":
         raise bad_request(f"{code}.{rest}: only reference parameters can be chained")
-    targets = [modifier] if modifier else list(definition.get("target", ()))
+    targets = [modifier] if modifier else list(targets_of(type_, definition))
     usable = [t for t in targets if _knows(t, rest.partition(".")[0].partition(":")[0])]
     if not usable:
         raise bad_request(f"{code}.{rest}: no target type of {code!r} has that search parameter")
@@ -448,3 +685,14 @@ def _has(name: str, value: str, scope: Scope) -> Condition:
     if definition["type"] != "reference":
         raise bad_request(f"{name}: {ref_param!r} is not a reference parameter of {source_type}")
     return Has(ref_param, _linked(source_type, [(rest, value)], scope))
+
+
+def _list(value: str, scope: Scope) -> Condition:
+    """``_list=42``: the resources List/42 refers to (``List.entry.item``), the List under the caller's own
+    constraints (a List they cannot read has no members for them). Functional lists (``$current-…``) are
+    not supported."""
+    ids = _split(value)
+    for id_ in ids:
+        if id_.startswith("$"):
+            raise not_supported(f"_list={id_!r}: functional lists are not supported")
+    return Has("item", Search("List", (IdIn(tuple(ids)), *scope.constraints("List"))))

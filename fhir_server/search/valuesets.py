@@ -48,3 +48,49 @@ def _part(url: str, part: dict) -> list[Code]:
     if system:
         return [(system, None)]
     return []
+
+
+# --- code system hierarchies, for token :below / :above ---------------------------------------------
+
+Hierarchy = dict[str, frozenset[str]]  # code → its parents
+
+
+def hierarchy(codesystem: dict) -> Hierarchy:
+    """The is-a hierarchy of a stored CodeSystem: nested ``concept`` lists and ``parent``/``child`` properties."""
+    parents: dict[str, set[str]] = {}
+
+    def walk(concepts: object, parent: str | None) -> None:
+        for concept in concepts if isinstance(concepts, list) else ():
+            code = concept.get("code") if isinstance(concept, dict) else None
+            if not isinstance(code, str):
+                continue
+            found = parents.setdefault(code, set())
+            if parent is not None:
+                found.add(parent)
+            for prop in concept.get("property") or ():
+                value = prop.get("valueCode") if isinstance(prop, dict) else None
+                if isinstance(value, str) and prop.get("code") == "parent":
+                    found.add(value)
+                elif isinstance(value, str) and prop.get("code") == "child":
+                    parents.setdefault(value, set()).add(code)
+            walk(concept.get("concept"), code)
+
+    walk(codesystem.get("concept"), None)
+    return {code: frozenset(found) for code, found in parents.items()}
+
+
+def subsumed(tree: Hierarchy, code: str, below: bool) -> set[str]:
+    """``code`` and what it subsumes (``below``), or ``code`` and what subsumes it."""
+    links: dict[str, set[str]] = {}
+    if below:
+        for child, found in tree.items():
+            for parent in found:
+                links.setdefault(parent, set()).add(child)
+    else:
+        links = {child: set(found) for child, found in tree.items()}
+    seen, frontier = {code}, [code]
+    while frontier:
+        nxt = [c for current in frontier for c in links.get(current, ()) if c not in seen]
+        seen.update(nxt)
+        frontier = nxt
+    return seen

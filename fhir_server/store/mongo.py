@@ -439,16 +439,24 @@ class MongoStore(Store):
             sources = db[CURRENT].find(
                 {"_id": {"$in": [f"{source_type}/{i}" for i in source_ids]}, "del": False}, {"_id": 0, "idx": 1}
             )
-            refs = {
-                e["v"]
-                async for doc in sources
-                for e in doc.get("idx", ())
-                if e.get("p") == param and isinstance(e.get("v"), str) and e["v"].split("/", 1)[0] in targets
-            }
+            # reference → the versions named (None: the current one; see normalize.reference_rows)
+            refs: dict[str, set[int | None]] = {}
+            async for doc in sources:
+                for e in doc.get("idx", ()):
+                    value = e.get("v")
+                    if e.get("p") == param and isinstance(value, str) and value.split("/", 1)[0] in targets:
+                        version = e.get("lo")
+                        refs.setdefault(value, set()).add(int(version) if version is not None else None)
             if not refs:
                 return []
             by_type = [await compile_search(db[CURRENT], Search(t, where)) for t, where in targets.items()]
-            return await self._current_versions({"_id": {"$in": sorted(refs)}, "$or": by_type})
+            flt = {"_id": {"$in": sorted(refs)}, "$or": by_type}
+            current = await db[CURRENT].find(flt, {"_id": 1, "v": 1}).to_list(None)
+            keys = sorted({f"{c['_id']}/{c['v'] if n is None else n}" for c in current for n in refs[c["_id"]]})
+            if not keys:
+                return []
+            docs = await db[VERSIONS].find({"_id": {"$in": keys}}, _VERSION_FIELDS).to_list(None)
+            return [_to_version(doc) for doc in docs]
 
     async def revinclude(self, refs: Sequence[str], source: Search, param: str) -> list[ResourceVersion]:
         if not refs:

@@ -64,21 +64,27 @@ async def _condition(current: AsyncCollection, cond: Condition, owner_type: str,
 
 
 def _entry(entry: Entry) -> dict[str, Any]:
-    doc: dict[str, Any] = {"p": entry.param}
+    doc: dict[str, Any] = {"p": entry.param if entry.or_param is None else {"$in": [entry.param, entry.or_param]}}
     value: dict[str, Any] = {}
     if entry.value is not None:
         value["$eq"] = entry.value
+    if entry.value_in is not None:
+        value["$in"] = list(entry.value_in)
     if entry.value_prefix is not None:
         value["$gte"] = entry.value_prefix
         value["$lt"] = entry.value_prefix + _MAX_CHAR
     if entry.value_contains is not None:
         value["$regex"] = re.escape(entry.value_contains)
+    if entry.value_suffix is not None:
+        value["$regex"] = re.escape(entry.value_suffix) + "$"
     if value:
         doc["v"] = value["$eq"] if list(value) == ["$eq"] else value
     if entry.no_system:
         doc["s"] = None
     elif entry.system is not None:
         doc["s"] = entry.system
+    elif entry.system_suffix is not None:
+        doc["s"] = {"$regex": re.escape(entry.system_suffix) + "$"}
     for r in entry.ranges:
         key = "lo" if r.field == "low" else "hi"
         doc.setdefault(key, {})[_OPS[r.op]] = float(r.bound)

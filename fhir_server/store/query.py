@@ -29,10 +29,14 @@ class Entry:
     """Some index entry of ``param`` passes every test given (all on the same entry)."""
 
     param: str
+    or_param: str | None = None  # the entry's parameter may also be this one (``family`` / ``family:part``)
     value: str | None = None
+    value_in: tuple[str, ...] | None = None  # the value is one of these
     value_prefix: str | None = None
     value_contains: str | None = None
+    value_suffix: str | None = None
     system: str | None = None
+    system_suffix: str | None = None
     no_system: bool = False
     ranges: tuple[Range, ...] = ()
 

@@ -82,22 +82,35 @@ class Compiler:
         return f"SELECT {s}.id FROM search_index {s} WHERE {' AND '.join(where)}"
 
     def _entry_tests(self, entry: Entry, s: str) -> list[str]:
-        where = [f"{s}.param = ?"]
-        self.args.append(entry.param)
+        if entry.or_param is None:
+            where = [f"{s}.param = ?"]
+            self.args.append(entry.param)
+        else:
+            where = [f"{s}.param IN (?, ?)"]
+            self.args.extend((entry.param, entry.or_param))
         if entry.value is not None:
             where.append(f"{s}.value = ?")
             self.args.append(entry.value)
+        if entry.value_in is not None:
+            where.append(f"{s}.value IN ({', '.join('?' * len(entry.value_in))})" if entry.value_in else "0")
+            self.args.extend(entry.value_in)
         if entry.value_prefix is not None:
             where.append(f"{s}.value >= ? AND {s}.value < ?")
             self.args.extend((entry.value_prefix, entry.value_prefix + _MAX_CHAR))
         if entry.value_contains is not None:
             where.append(f"instr({s}.value, ?) > 0")
             self.args.append(entry.value_contains)
+        if entry.value_suffix is not None:
+            where.append(f"substr({s}.value, ?) = ?")
+            self.args.extend((-len(entry.value_suffix), entry.value_suffix))
         if entry.no_system:
             where.append(f"{s}.system IS NULL")
         elif entry.system is not None:
             where.append(f"{s}.system = ?")
             self.args.append(entry.system)
+        if entry.system_suffix is not None:
+            where.append(f"substr({s}.system, ?) = ?")
+            self.args.extend((-len(entry.system_suffix), entry.system_suffix))
         if entry.ranges:
             where.append(f"{s}.low IS NOT NULL")  # lets the planner use the partial range index
         for r in entry.ranges:
@@ -139,6 +152,8 @@ def _rank(cond: Condition) -> int:
             return 0
         case Entry(value=value, ranges=()) if value is not None and ("/" in value or cond.param.endswith("identifier")):
             return 1  # a reference or an identifier: few matches
+        case Entry(value_in=values, ranges=()) if values is not None:
+            return 1  # a reference (several forms or target types)
         case Entry(value=value, ranges=()) if value is not None:
             return 2
         case Entry(value_prefix=prefix) if prefix is not None:
@@ -192,22 +207,29 @@ def keyset_after(columns: list[tuple[str, bool]], after: tuple) -> tuple[str, li
 def include_statement(
     source_type: str, source_ids: list[str], param: str, targets: Mapping[str, tuple[Condition, ...]]
 ) -> tuple[str, list[Any]]:
-    """Live current versions that ``param`` of the given resources points at, each target type under its
-    own constraints: one statement."""
+    """Live resources that ``param`` of the given resources points at, each target type under its own
+    constraints: one statement. The current version, or the version a versioned reference names (kept in the
+    entry's ``low``, see ``normalize.reference_rows``); the references drive (primary-key lookups)."""
     compiler = Compiler()
     compiler.args.extend([source_type, param, *source_ids])
     refs = (
-        "SELECT s.value FROM search_index s"
+        "SELECT DISTINCT s.value AS ref, CAST(s.low AS INTEGER) AS ver FROM search_index s"
+        " INDEXED BY search_index_owner"  # a page of sources: their own entries, never the whole parameter
         f" WHERE s.type = ? AND s.param = ? AND s.id IN ({', '.join('?' * len(source_ids))})"
     )
     by_type = []
     for type_, where in targets.items():
         compiler.args.append(type_)
         by_type.append(f"(r.type = ? AND {compiler.search(Search(type_, where), 'r')})")
+    wanted = (
+        "SELECT DISTINCT r.type AS t, r.id AS i, coalesce(x.ver, r.version) AS n"
+        f" FROM ({refs}) x CROSS JOIN resource r"
+        " ON r.type = substr(x.ref, 1, instr(x.ref, '/') - 1) AND r.id = substr(x.ref, instr(x.ref, '/') + 1)"
+        f" WHERE r.deleted = 0 AND ({' OR '.join(by_type)})"
+    )
     sql = (
-        f"SELECT {VERSION_COLUMNS} FROM resource r"
-        " JOIN resource_version v ON v.type = r.type AND v.id = r.id AND v.version = r.version"
-        f" WHERE r.deleted = 0 AND (r.type || '/' || r.id) IN ({refs}) AND ({' OR '.join(by_type)})"
+        f"SELECT {VERSION_COLUMNS} FROM ({wanted}) m"
+        " CROSS JOIN resource_version v ON v.type = m.t AND v.id = m.i AND v.version = m.n"
     )
     return sql, compiler.args
 

@@ -141,7 +141,9 @@ class Validators(InProcess):
             if helper.transport is not None:
                 helper.transport.close()
         for helper in self._helpers:
-            await asyncio.to_thread(helper.process.join, 5)
+            if not helper.ready:  # still importing its validators: nothing to finish
+                helper.process.terminate()
+            await asyncio.to_thread(helper.process.join, 2)  # it exits when its socket closes
             if helper.process.is_alive():
                 helper.process.kill()
         self._helpers.clear()
