@@ -83,3 +83,23 @@ async def test_server_with_a_helper_validates_creates_and_transactions(tmp_path)
         refused = await client.post("/", json=bundle)
         assert refused.status_code == 400 and "entry[1]" in refused.text
         assert (await client.get("/Patient?_summary=count")).json()["total"] == 1
+
+
+def test_prepared_index_entries_equal_those_of_the_stored_resource():
+    """Entries computed with the validation (on the resource as sent, in a helper) and restamped equal the
+    entries of the stored resource, for every official R4 example (some carry a meta.lastUpdated)."""
+    from test_examples_roundtrip import load_examples
+
+    from fhir_server.fhirjson import loads
+    from fhir_server.interactions.crud import stamp
+    from fhir_server.search.indexing import index_entries, restamped
+
+    checked = 0
+    for _, raw in load_examples():
+        resource = loads(raw, max_depth=10_000)
+        stored = stamp(resource, "x1", 7, 1_700_000_000_123_456)
+        assert sorted(map(repr, restamped(index_entries(resource), stored))) == sorted(
+            map(repr, index_entries(stored))
+        ), resource["resourceType"]
+        checked += 1
+    assert checked >= 700  # the non-definition examples

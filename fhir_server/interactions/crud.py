@@ -6,7 +6,7 @@ from ..errors import bad_request, conflict, gone, not_found, precondition_failed
 from ..fhirjson import dumps
 from ..instant import new_id, now_us, to_instant
 from ..search.criteria import parse_criteria, parse_criteria_string
-from ..search.indexing import index_entries
+from ..search.indexing import IndexEntry, index_entries, restamped
 from ..store import ResourceVersion, Store, Transaction, VersionConflict
 from ..store.query import IdIn, Search
 from .access import UNRESTRICTED, GuardedTransaction
@@ -52,8 +52,16 @@ def _parse_etag(value: str) -> int:
 
 
 async def _write(
-    tx: Transaction, type_: str, id_: str, resource: dict | None, method: str, current: ResourceVersion | None
+    tx: Transaction,
+    type_: str,
+    id_: str,
+    resource: dict | None,
+    method: str,
+    current: ResourceVersion | None,
+    prepared: list[IndexEntry] | None = None,
 ) -> ResourceVersion:
+    """``prepared``: the index entries of ``resource`` as sent (computed with its validation, off the event
+    loop): only ``_lastUpdated`` depends on what the server stamps."""
     version = (current.version if current else 0) + 1
     last_updated = _next_time(current)
     if resource is None:
@@ -62,7 +70,7 @@ async def _write(
         return stored
     body = stamp(resource, id_, version, last_updated)
     stored = ResourceVersion(type_, id_, version, last_updated, method, dumps(body))
-    await tx.put(stored, index_entries(body))
+    await tx.put(stored, index_entries(body) if prepared is None else restamped(prepared, body))
     return stored
 
 
@@ -75,26 +83,32 @@ async def _single_match(tx: Transaction, query: Search) -> str | None:
 
 async def create(ctx: Context, type_: str, resource: object, if_none_exist: str | None = None) -> ResourceResult:
     resource = check_resource_type(resource, type_)
-    await ctx.validator.validate(resource)
+    entries = await ctx.validator.validate(resource, index=True)
     query = parse_criteria_string(type_, if_none_exist) if if_none_exist else None
 
     async def work(tx: Transaction) -> ResourceResult:
-        return await create_in(tx, type_, resource, query)
+        return await create_in(tx, type_, resource, query, entries=entries)
 
     return await _transact(ctx, work)
 
 
 async def create_in(
-    tx: Transaction, type_: str, resource: dict, query: Search | None = None, id_: str | None = None
+    tx: Transaction,
+    type_: str,
+    resource: dict,
+    query: Search | None = None,
+    id_: str | None = None,
+    entries: list[IndexEntry] | None = None,
 ) -> ResourceResult:
-    """Create inside a unit of work (``id_``: pre-assigned, as a transaction Bundle does)."""
+    """Create inside a unit of work (``id_``: pre-assigned, as a transaction Bundle does; ``entries``:
+    prepared with the validation)."""
     if query is not None:
         found = await _single_match(tx, query)
         if found is not None:
             existing = await tx.read_current(type_, found)
             assert existing is not None
             return ResourceResult(existing, created=False)
-    return ResourceResult(await _write(tx, type_, id_ or new_id(), resource, "POST", None), created=True)
+    return ResourceResult(await _write(tx, type_, id_ or new_id(), resource, "POST", None, entries), created=True)
 
 
 async def read(ctx: Context, type_: str, id_: str) -> ResourceVersion:
@@ -160,22 +174,29 @@ async def update(ctx: Context, type_: str, id_: str, resource: object, if_match:
         raise bad_request("The resource has no id: an update needs the id of the URL in the body", expression=("id",))
     if body_id != id_:
         raise bad_request(f"The body id {body_id!r} does not match the URL id {id_!r}", expression=("id",))
-    await ctx.validator.validate(resource)
+    entries = await ctx.validator.validate(resource, index=True)
     expected = _parse_etag(if_match) if if_match else None
 
     async def work(tx: Transaction) -> ResourceResult:
-        return await update_in(tx, type_, id_, resource, expected)
+        return await update_in(tx, type_, id_, resource, expected, entries)
 
     return await _transact(ctx, work)
 
 
-async def update_in(tx: Transaction, type_: str, id_: str, resource: dict, expected: int | None) -> ResourceResult:
+async def update_in(
+    tx: Transaction,
+    type_: str,
+    id_: str,
+    resource: dict,
+    expected: int | None,
+    entries: list[IndexEntry] | None = None,
+) -> ResourceResult:
     current = await tx.read_current(type_, id_)
     if expected is not None and (current is None or current.deleted or current.version != expected):
         have = "no current version" if current is None or current.deleted else f"version {current.version}"
         raise precondition_failed(f"If-Match expects version {expected} of {type_}/{id_}, the server has {have}")
     created = current is None or current.deleted
-    return ResourceResult(await _write(tx, type_, id_, resource, "PUT", current), created=created)
+    return ResourceResult(await _write(tx, type_, id_, resource, "PUT", current, entries), created=created)
 
 
 async def conditional_update(

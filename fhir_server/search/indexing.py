@@ -447,3 +447,12 @@ def index_entries(resource: dict, base: str | None = None) -> list[IndexEntry]:
     if base:
         rows = _relative_to(base, type_ if type_ in RESOURCE_TYPES else "DomainResource", rows)
     return [IndexEntry(*row) for row in dict.fromkeys(rows)]
+
+
+def restamped(entries: list[IndexEntry], body: dict) -> list[IndexEntry]:
+    """``entries`` of a resource as sent, made those of ``body``, the same resource as stored: only
+    ``_lastUpdated`` depends on the ``meta`` the server stamps (``id`` and ``versionId`` index nothing).
+    Entries are used positionally: those computed in a validation helper arrive as plain tuples."""
+    meta_only = {"resourceType": body["resourceType"], "meta": {"lastUpdated": body["meta"]["lastUpdated"]}}
+    stamped = [e for e in index_entries(meta_only) if e[0] == "_lastUpdated"]
+    return [e for e in entries if e[0] != "_lastUpdated"] + stamped

@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from .query import AnyOf, Condition, Entry, IdIn, Search, SortKey
 
@@ -34,12 +34,12 @@ class ResourceVersion:
         return self.body is None
 
 
-@dataclass(frozen=True, slots=True)
-class IndexEntry:
+class IndexEntry(NamedTuple):
     """One normalized search value of a current resource version.
 
     ``value`` holds a normalized string, code, URI or reference target; ``system`` a token/quantity
     system or a reference's target type; ``low``/``high`` the range of a date, number or quantity.
+    A tuple: dozens are built per write (3x cheaper than a frozen dataclass) and cross process boundaries.
     """
 
     param: str

@@ -122,16 +122,17 @@ def _version_doc(version: ResourceVersion) -> dict[str, Any]:
 
 
 def _entry_doc(entry: IndexEntry) -> dict[str, Any]:
-    doc: dict[str, Any] = {"p": entry.param}
-    if entry.value is not None:
-        doc["v"] = entry.value
-    if entry.system is not None:
-        doc["s"] = entry.system
+    param, value, system, low, high = entry  # positional: prepared entries may arrive as plain tuples
+    doc: dict[str, Any] = {"p": param}
+    if value is not None:
+        doc["v"] = value
+    if system is not None:
+        doc["s"] = system
     # Floats like SQLite's REAL columns (and no int64 overflow for huge integers).
-    if entry.low is not None:
-        doc["lo"] = float(entry.low)
-    if entry.high is not None:
-        doc["hi"] = float(entry.high)
+    if low is not None:
+        doc["lo"] = float(low)
+    if high is not None:
+        doc["hi"] = float(high)
     return doc
 
 

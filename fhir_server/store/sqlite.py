@@ -171,7 +171,7 @@ def _put(conn: sqlite3.Connection, version: ResourceVersion, entries: Sequence[I
     if entries and not version.deleted:
         conn.executemany(
             "INSERT INTO search_index (type, id, param, value, system, low, high) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(version.type, version.id, e.param, e.value, e.system, e.low, e.high) for e in entries],
+            [(version.type, version.id, *e) for e in entries],
         )
 
 
@@ -222,7 +222,7 @@ def _replace_entries(conn: sqlite3.Connection, version: ResourceVersion, entries
     conn.execute("DELETE FROM search_index WHERE type = ? AND id = ?", (version.type, version.id))
     conn.executemany(
         "INSERT INTO search_index (type, id, param, value, system, low, high) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [(version.type, version.id, e.param, e.value, e.system, e.low, e.high) for e in entries],
+        [(version.type, version.id, *e) for e in entries],
     )
 
 
