@@ -68,8 +68,8 @@ async def test_a_dead_helper_falls_back_to_in_process_validation():
         await helpers.close()
 
 
-async def test_server_with_a_helper_validates_creates_and_transactions(tmp_path):
-    async with fhir_client(f"sqlite:///{tmp_path / 'v.db'}", validation_processes=1) as client:
+async def test_server_with_a_helper_validates_creates_and_transactions(store_url):
+    async with fhir_client(store_url, validation_processes=1) as client:
         validators = client._transport.app.state.context.validator
         assert isinstance(validators, Validators)
         await _ready(validators)
@@ -83,6 +83,15 @@ async def test_server_with_a_helper_validates_creates_and_transactions(tmp_path)
         refused = await client.post("/", json=bundle)
         assert refused.status_code == 400 and "entry[1]" in refused.text
         assert (await client.get("/Patient?_summary=count")).json()["total"] == 1
+        # Index entries prepared in the helper are the ones searches use (and _lastUpdated is the server's).
+        found = (await client.get("/Patient?family=lefevre&given=zoe&birthdate=1983-05-12")).json()
+        assert found["total"] == 1
+        stamped = found["entry"][0]["resource"]["meta"]["lastUpdated"]
+        assert (await client.get(f"/Patient?_lastUpdated={stamped}")).json()["total"] == 1
+        updated = {**found["entry"][0]["resource"], "name": [{"family": "Martin"}]}
+        assert (await client.put(f"/Patient/{updated['id']}", json=updated)).status_code == 200
+        assert (await client.get("/Patient?family=martin")).json()["total"] == 1
+        assert (await client.get("/Patient?family=lefevre")).json()["total"] == 0
 
 
 def test_prepared_index_entries_equal_those_of_the_stored_resource():
