@@ -62,7 +62,8 @@ async def test_metadata_is_a_capability_statement(client):
     assert {"_type", "_list", "_lastUpdated"} <= {p["name"] for p in cs["rest"][0]["searchParam"]}
     assert "Observation:subject" in resources["Observation"]["searchInclude"]
     assert "Observation:subject" in resources["Patient"]["searchRevInclude"]
-    assert "_filter" not in {p["name"] for p in resources["Patient"]["searchParam"]}  # not implemented: not listed
+    assert "_filter" in {p["name"] for p in cs["rest"][0]["searchParam"]}  # for every type: rest level only
+    assert "_filter" not in {p["name"] for p in resources["Patient"]["searchParam"]}
     validate_resource(cs)  # the statement is itself valid FHIR
 
 

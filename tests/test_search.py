@@ -332,6 +332,11 @@ async def test_in_and_not_in_use_stored_valuesets(client):
     assert await ids(client, "/Patient?gender:in=http://example.org/vs/genders") == ["helene", "marc", "zoe"]
     await error(client, "/Observation?code:in=http://example.org/vs/unknown", "ValueSet")
     await error(client, "/Observation?code:in=http://example.org/vs/f", "terminology server")
+    # _filter in / ni: the same ValueSets, fetched before parsing.
+    in_filter = "code in http://example.org/vs/systolic and value-quantity gt 140"
+    assert await ids(client, q("/Observation", in_filter)) == ["bp2"]
+    assert await ids(client, q("/Observation", "code ni http://example.org/vs/systolic")) == []
+    assert await ids(client, q("/Patient", "gender ni http://example.org/vs/genders or _id eq zoe")) == ["zoe"]
 
 
 async def test_composite_with_units_and_dates(client):
@@ -463,6 +468,13 @@ async def test_reference_hierarchies(client):
     assert await ids(client, "/Procedure?location:below=c2") == ["at-c1", "at-c2"]
     assert await ids(client, "/Procedure?location:below=nowhere") == []
     assert await ids(client, "/Location?partof:below=l1") == ["l2", "l3"]  # l1 itself is not partOf l1
+    # _filter ss / sb: the same hierarchy walks (looked up before parsing, like the modifiers).
+    assert await ids(client, q("/Procedure", "location ss Location/l2 or location re Location/c1")) == [
+        "at-c1",
+        "at-l2",
+        "at-l3",
+    ]
+    assert await ids(client, q("/Procedure", "location sb l2")) == ["at-l1", "at-l2"]
 
 
 async def test_text_expressions(client):
@@ -533,6 +545,123 @@ async def test_new_search_features_keep_the_callers_constraints(store_url):
         form = {**h, "Content-Type": "application/x-www-form-urlencoded"}
         posted = await c.post("/_search", content="_type=Observation&category=laboratory", headers=form)
         assert ids(posted.json()) == ["a-lab"]
+
+
+# --- _filter (search_filter.html) -----------------------------------------------------------------
+
+
+def flt(expression: str) -> str:
+    """The query string of a ``_filter`` expression (httpx would not escape ``&`` or ``#`` inside it)."""
+    from urllib.parse import quote
+
+    return f"_filter={quote(expression, safe='')}"
+
+
+def q(path: str, expression: str, rest: str = "") -> str:
+    return f"{path}?{flt(expression)}{rest}"
+
+
+async def test_filter_logic_and_precedence(client):
+    # and binds tighter than or; parentheses change that.
+    either = "gender eq male or gender eq female and birthdate gt 1979"
+    assert await ids(client, q("/Patient", either)) == ["helene", "marc", "zoe"]
+    grouped = "(gender eq male or gender eq female) and birthdate gt 1979"
+    assert await ids(client, q("/Patient", grouped)) == ["helene", "zoe"]
+    assert await ids(client, q("/Patient", "not (gender eq female)")) == ["marc"]
+    assert await ids(client, q("/Patient", "NOT (family co pont) AND gender eq female")) == ["zoe"]
+    assert await ids(client, q("/Patient", "not(not(gender eq male))")) == ["marc"]
+    assert await ids(client, q("/Patient", "gender ne male")) == ["helene", "zoe"]
+    assert await ids(client, q("/Patient", f"identifier eq {INS}|2800375123456")) == ["helene"]
+    assert await ids(client, q("/Observation", f"code eq {LOINC}|8480-6")) == ["bp0", "bp1", "bp2"]
+    assert await ids(client, q("/Patient", "_id eq zoe or _id eq marc")) == ["marc", "zoe"]
+
+
+async def test_filter_strings(client):
+    assert await ids(client, q("/Patient", 'family co "PONT"')) == ["helene", "marc"]
+    assert await ids(client, q("/Patient", 'given co "lèn"')) == ["helene"]
+    assert await ids(client, q("/Patient", 'given sw "Hél"')) == ["helene"]
+    assert await ids(client, q("/Patient", "given sw hel")) == ["helene"]
+    assert await ids(client, q("/Patient", "family sw lefevre")) == ["zoe"]
+    assert await ids(client, q("/Patient", 'family eq "Dupont"')) == ["helene"]  # eq = :exact
+    assert await ids(client, q("/Patient", 'family eq "dupont"')) == []
+    assert await ids(client, q("/Patient", 'family ne "Dupont"')) == ["marc", "zoe"]
+    # JSON escapes in quoted values; a comma is a character, not an OR.
+    assert await ids(client, q("/Patient", 'family eq "Du\\"pont" or family co "pont,el"')) == []
+    assert await ids(client, q("/Patient", 'address-city eq "Besan\\u00e7on"')) == ["helene"]
+
+
+async def test_filter_dates_quantities_and_presence(client):
+    assert await ids(client, q("/Patient", "birthdate gt 2000")) == ["zoe"]
+    assert await ids(client, q("/Patient", "birthdate le 1980-03-15")) == ["helene", "marc"]
+    assert await ids(client, q("/Patient", "birthdate eq 1980")) == ["helene"]
+    assert await ids(client, q("/Patient", "birthdate ne 1980")) == ["marc", "zoe"]
+    assert await ids(client, q("/Observation", "value-quantity gt 130")) == ["bp0", "bp2"]
+    assert await ids(client, q("/Observation", "value-quantity le 118.5")) == ["bp1"]
+    assert await ids(client, q("/Observation", f'value-quantity gt "130|{UCUM}|mm[Hg]"')) == ["bp0", "bp2"]
+    assert await ids(client, q("/Observation", "date ge 2024-01-01 and date lt 2024-02-01")) == ["bp0"]
+    assert await ids(client, q("/Patient", "address pr true")) == ["helene"]
+    assert await ids(client, q("/Patient", "address pr false")) == ["marc", "zoe"]
+
+
+async def test_filter_chains_and_combinations(client):
+    assert await ids(client, q("/Observation", 'subject.name co "hél"')) == ["bp0", "bp1"]
+    assert await ids(client, q("/Observation", "subject.family eq Dupontel")) == ["bp2"]
+    assert await ids(client, q("/Observation", "not (subject.gender eq female)")) == ["bp2"]
+    assert await ids(client, q("/Observation", "subject.name pr true")) == ["bp0", "bp1", "bp2"]
+    # ANDed with ordinary parameters and with another _filter; paging links keep the filter.
+    assert await ids(client, q("/Observation", "value-quantity gt 100", "&subject=Patient/helene")) == ["bp0", "bp1"]
+    assert await ids(client, q("/Patient", "gender eq female", "&" + flt("birthdate lt 2000"))) == ["helene"]
+    both = flt("gender eq male or gender eq female")
+    assert await ids(client, f"/Patient?{both}&_count=1") == ["helene", "marc", "zoe"]
+    page = (await client.get(f"/Patient?{both}&_count=1")).json()
+    assert page["total"] == 3 and len(page["entry"]) == 1
+    posted = await client.post("/Patient/_search", data={"_filter": 'family co "pont" and gender eq male'})
+    assert posted.status_code == 200, posted.text
+    assert [e["resource"]["id"] for e in posted.json()["entry"]] == ["marc"]
+    assert await ids(client, "/?_type=Patient,Observation&" + flt("_id eq zoe or _id eq bp1")) == ["bp1", "zoe"]
+
+
+async def test_filter_errors(client):
+    await error(client, q("/Patient", "(gender eq male"), "position 16")
+    await error(client, q("/Patient", "gender eq male)"), "position 15")
+    await error(client, q("/Patient", "gender xx male"), "unknown operator 'xx'")
+    await error(client, q("/Patient", "gender equals male"), "unknown operator")
+    await error(client, q("/Patient", "gender eq"), "position")
+    await error(client, q("/Patient", 'family eq "open'), "unterminated string")
+    await error(client, q("/Patient", "gender eq male and"), "position")
+    await error(client, q("/Patient", "not gender eq male"), "'(' expected after 'not'")
+    await error(client, q("/Patient", "nickname eq x"), "nickname")
+    await error(client, q("/Observation", "subject.nickname eq x"), "nickname")
+    await error(client, q("/Patient", "gender gt male"), "'gt' is not supported on token")
+    await error(client, q("/Patient", "birthdate co 1980"), "'co' is not supported on date")
+    await error(client, q("/Patient", "family ew pont"), "'ew'")
+    await error(client, q("/Patient", "address pr maybe"), "true or false")
+    await error(client, q("/Patient", "birthdate gt yesterday"), "birthdate")
+    await error(client, q("/Observation", "related[type eq has-member].target pr true"), "[filter]")
+    r = await client.get(q("/Patient", "nickname eq x", "&gender=male"), headers={"Prefer": "handling=lenient"})
+    assert r.status_code == 200
+    assert [e["resource"]["id"] for e in r.json()["entry"] if e["search"]["mode"] == "match"] == ["marc"]
+
+
+async def test_filter_keeps_the_callers_constraints(client):
+    from dataclasses import replace
+
+    from fhir_server.store.query import Entry, Not
+
+    confidentiality = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+    restricted = {"security": [{"system": confidentiality, "code": "R"}]}
+    assert (await client.put("/Patient/marc", json={**PATIENTS[1], "meta": restricted})).status_code == 200
+    state = client._transport.app.state  # type: ignore[attr-defined]
+    hide = (Not(Entry("_security", value="R", system=confidentiality)),)
+    state.context = replace(state.context, constraints=lambda type_: hide)
+
+    assert await ids(client, q("/Patient", "gender eq male")) == []
+    assert await ids(client, q("/Patient", "not (gender eq female)")) == []
+    assert await ids(client, q("/Patient", "gender eq male or _id eq zoe")) == ["zoe"]
+    # bp2 is visible, its restricted subject cannot be probed through a chain, nor through not (…).
+    assert await ids(client, q("/Observation", "subject.family eq Dupontel")) == []
+    assert await ids(client, q("/Observation", "subject.gender eq male")) == []
+    assert await ids(client, q("/Observation", "not (subject.gender eq female)")) == ["bp2"]
 
 
 def test_references_to_the_configured_base_are_indexed_relative():

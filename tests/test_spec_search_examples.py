@@ -1181,8 +1181,6 @@ async def test_list(client):
     assert await matches(client, "/Patient?_list=42&gender=female") == {"in-f"}
 
 
-@gap("search.html#filter: Observation?_filter=code eq http://loinc.org|1234-5 and subject.name co \"peter\" is the "
-     "same search as code=…&subject.name=peter; the server refuses _filter (400)")  # fmt: skip
 async def test_filter(chained):
     await put(
         chained,

@@ -79,6 +79,12 @@ SYSTEM_SEARCH_PARAMETERS = [
     *({"name": c, "definition": f"{_SP}/Resource-{c[1:]}", "type": t} for c, t in _COMMON),
     {"name": "_type", "type": "special", "documentation": "System-level search: the resource types to search"},
     {"name": "_list", "type": "special", "documentation": "Members of the List of that id (of the searched type)"},
+    {
+        "name": "_filter",
+        "definition": "http://hl7.org/fhir/SearchParameter/filter",
+        "type": "special",
+        "documentation": "search_filter.html: comparisons with and / or / not (…), chains; no [filter] paths, ew, po",
+    },
 ]
 
 

@@ -37,7 +37,7 @@ from .paging import decode_cursor, encode_cursor, page_size
 
 SINGLE = ("_count", "_cursor", "_total", "_summary", "_sort", "_elements")
 INCLUDES = ("_include", "_revinclude", "_include:iterate", "_revinclude:iterate", "_include:recurse")
-NOT_SUPPORTED = ("_contained", "_containedType", "_query", "_filter")
+NOT_SUPPORTED = ("_contained", "_containedType", "_query")
 MAX_ITERATE = 3
 
 
@@ -252,7 +252,7 @@ async def _resolve_links(ctx: Context, type_: str, criteria: list[tuple[str, str
 def _may_look_up(type_: str, name: str, value: str) -> bool:
     """Cheap pre-test (the common criteria skip the recording parse): chains, ``_has``, ``:below``/``:above``,
     or a bare id given to a reference parameter."""
-    if "." in name or name.startswith("_has:"):
+    if "." in name or name.startswith("_has:") or name == "_filter":
         return True
     code, _, modifier = name.partition(":")
     if modifier in ("below", "above"):

@@ -84,6 +84,10 @@ def condition(type_: str, name: str, value: str, scope: Scope = Scope()) -> Cond
         return _has(name, value, scope)
     if name == "_list":
         return _list(value, scope)
+    if name == "_filter":
+        from . import filter as filter_
+
+        return filter_.condition(type_, value, scope)
     head, _, chain_rest = name.partition(".")
     code, _, modifier = head.partition(":")
     definition = _definition(type_, code)
@@ -120,11 +124,13 @@ def condition(type_: str, name: str, value: str, scope: Scope = Scope()) -> Cond
 
 def valueset_urls(pairs: list[tuple[str, str]]) -> set[str]:
     """The ValueSets a query's ``:in`` / ``:not-in`` parameters name (to be fetched before parsing)."""
+    pairs = _with_filters(pairs)
     return {value for name, value in pairs if name.endswith((":in", ":not-in"))}
 
 
 def codesystem_urls(pairs: list[tuple[str, str]]) -> set[str]:
     """The code systems a query's ``:below`` / ``:above`` token values name (``system|code``)."""
+    pairs = _with_filters(pairs)
     return {
         part.partition("|")[0]
         for name, value in pairs
@@ -132,6 +138,15 @@ def codesystem_urls(pairs: list[tuple[str, str]]) -> set[str]:
         for part in value.split(",")
         if "|" in part and urlsplit(part.partition("|")[0]).scheme
     }
+
+
+def _with_filters(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``_filter`` values replaced by the ``:in``/``:not-in``/``:below``/``:above`` criteria they hold."""
+    if not any(name == "_filter" for name, _ in pairs):
+        return pairs
+    from . import filter as filter_
+
+    return [found for pair in pairs for found in (filter_.criteria(pair[1]) if pair[0] == "_filter" else [pair])]
 
 
 def _subsumption(definition: dict, value: str, modifier: str, scope: Scope) -> Condition:
