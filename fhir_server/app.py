@@ -17,6 +17,7 @@ from .interactions.definitions import load_search_parameters
 from .interactions.export import ExportManager
 from .rest import errors, operation_routes, routes  # noqa: F401 (operation_routes registers its routes)
 from .rest.fastpath import ReadFastPath
+from .search.indexing import use_content_search
 from .security.authenticate import Authenticate
 from .store import open_store
 from .validation import warm_up
@@ -28,7 +29,8 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     store = open_store(settings.store, write_concern=settings.mongo_write_concern)
     # --- SMART authorization server (fhir_server.auth): None when auth is off
     auth = create_auth_server(settings, settings.store) if settings.auth else None
-    validator = validators(settings.validation_helpers())
+    use_content_search(settings.content_search)
+    validator = validators(settings.validation_helpers(), settings.content_search)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

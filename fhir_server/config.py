@@ -40,6 +40,11 @@ class Settings(BaseSettings):
         3600, ge=1, description="Seconds an $export job and its files are kept after it finishes"
     )
     log_level: str = Field("info", description="Log level")
+    content_search: bool = Field(
+        False,
+        description="Index every string of every resource for _content searches (writes about 2x costlier; "
+        "fhir-server reindex after a change)",
+    )
     validation_processes: int = Field(
         -1,
         ge=-1,

@@ -303,6 +303,7 @@ def test_reference_entries() -> None:
     assert entries(obs, "performer") == {
         ("https://other.example/fhir/Practitioner/7", "Practitioner", 1.0, None),
         ("urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a", "Organization", None, None),
+        ("#contained-1", None, None, None),  # a local reference: present (:missing), matches no Type/id search
     }
     assert entries(obs, "performer:identifier") == {("810000000001", "urn:oid:1.2.250.1.71.4.2.1", None, None)}
     assert entries(obs, "based-on") == {("urn:uuid:0a0e", None, None, None)}  # several targets: unknown

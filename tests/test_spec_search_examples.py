@@ -1387,10 +1387,8 @@ async def test_include_on_every_page_and_count_counts_matches_only(prescriptions
     assert sorted(pages) == [[("include", "pa"), ("match", "mr1")], [("include", "pa"), ("match", "mr1b")]]
 
 
-@gap("search.html#contained: MedicationRequest?medication.ingredient-code=abc includes a request whose contained "
-     "Medication has that ingredient ('A chained condition will be evaluated inside contained resources'); "
-     "the server does not follow #local references in chains (contained resources are not indexed)")  # fmt: skip
 async def test_chain_into_contained_resources(client):
+    """search.html#contained: 'A chained condition will be evaluated inside contained resources'."""
     acme = "http://acme.com./medications"
     contained = {
         "resourceType": "Medication",
@@ -1399,8 +1397,17 @@ async def test_chain_into_contained_resources(client):
     }
     request = {**med_request("with-contained", "pa"), "contained": [contained], "medicationReference": ref("#m1")}
     del request["medicationCodeableConcept"]
-    await put(client, request, med_request("plain", "pa"))
+    other = {**med_request("other-contained", "pa"), "contained": [{**contained, "ingredient": [
+        {"itemCodeableConcept": concept("xyz", acme)}]}], "medicationReference": ref("#m1")}  # fmt: skip
+    del other["medicationCodeableConcept"]
+    await put(client, request, other, med_request("plain", "pa"))
     assert await matches(client, "/MedicationRequest?medication.ingredient-code=abc") == {"with-contained"}
+    assert await matches(client, f"/MedicationRequest?medication:Medication.ingredient-code={acme}|abc") == {
+        "with-contained"
+    }
+    assert await matches(client, "/MedicationRequest?medication.ingredient-code:not=abc") == {"other-contained"}
+    # The element is there (a local reference): :missing says so.
+    assert await matches(client, "/MedicationRequest?medication:missing=false") >= {"with-contained", "other-contained"}
 
 
 async def test_contained_resources_are_not_matches(client):

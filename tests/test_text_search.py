@@ -36,12 +36,12 @@ PATIENTS = [
 
 @pytest.fixture
 async def client(store_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[httpx.AsyncClient]:
-    """Both word parameters indexed (``_content`` is off by default: see indexing.WORD_PARAMETERS)."""
-    monkeypatch.setattr(indexing, "WORD_PARAMETERS", frozenset({"_text", "_content"}))
+    """Both word parameters indexed (``_content`` is off by default: the ``content_search`` setting)."""
+    monkeypatch.setattr(indexing, "WORD_PARAMETERS", indexing.WORD_PARAMETERS)  # restored after the test
     # TODO: drop once interactions/search.py no longer lists _text/_content in NOT_SUPPORTED (a no-op then).
     unblocked = tuple(name for name in search_interaction.NOT_SUPPORTED if name not in ("_text", "_content"))
     monkeypatch.setattr(search_interaction, "NOT_SUPPORTED", unblocked)
-    async with fhir_client(store_url) as c:
+    async with fhir_client(store_url, content_search=True) as c:
         for p in PATIENTS:
             assert (await c.put(f"/Patient/{p['id']}", json=p)).status_code == 201
         observation = {"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "Glucose"},
@@ -104,3 +104,23 @@ async def test_content_is_refused_when_not_indexed(client, monkeypatch):
     monkeypatch.setattr(indexing, "WORD_PARAMETERS", frozenset({"_text"}))
     await error(client, "/Patient?_content=zygomatic", "not indexed")
     assert await ids(client, "/Patient?_text=helene") == ["helene"]
+
+
+async def test_content_search_is_a_setting(store_url):
+    """_content (every string of the resource) is refused unless the server indexes it (content_search)."""
+    from fhir_server.search.indexing import use_content_search
+
+    patient = {"resourceType": "Patient", "name": [{"family": "Martin"}],
+               "address": [{"line": ["12 rue de l'Église"], "city": "Besançon"}]}  # fmt: skip
+    try:
+        async with fhir_client(store_url) as client:
+            refused = await client.get("/Patient?_content=eglise")
+            assert refused.status_code == 400 and "_content" in refused.text
+        async with fhir_client(store_url, content_search=True) as client:
+            assert (await client.post("/Patient", json=patient)).status_code == 201
+            found = (await client.get("/Patient?_content=eglise")).json()
+            assert found["total"] == 1
+            assert (await client.get("/Patient?_content=besancon eglise")).json()["total"] == 1
+            assert (await client.get("/Patient?_content=lyon")).json()["total"] == 0
+    finally:
+        use_content_search(False)

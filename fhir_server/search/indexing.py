@@ -59,6 +59,7 @@ elements give several; duplicates are removed):
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from functools import lru_cache, partial
 from typing import Any
@@ -326,8 +327,17 @@ def plan(type_: str) -> Plan:
 # The word parameters written at index time; the query side refuses the others. ``_content`` is
 # implemented but off: it makes writes far more than 30% slower (Patient-example, index_entries 60 µs
 # → 86 µs with _text → 146 µs with _content too; the SQLite write +39% → +126%): a word is an entry.
+# ``content_search`` (setting, env FHIR_SERVER_CONTENT_SEARCH) turns it on for deployments that want it.
 # Turning one on or off needs ``fhir-server reindex`` for the resources already stored.
-WORD_PARAMETERS: frozenset[str] = frozenset({"_text"})
+_CONTENT_FROM_ENV = os.environ.get("FHIR_SERVER_CONTENT_SEARCH", "").lower() in ("1", "true", "yes")
+WORD_PARAMETERS: frozenset[str] = frozenset({"_text", "_content"} if _CONTENT_FROM_ENV else {"_text"})
+
+
+def use_content_search(enabled: bool) -> None:
+    """Index (and accept searches on) ``_content`` in this process: the server applies its setting at start."""
+    global WORD_PARAMETERS
+    WORD_PARAMETERS = frozenset({"_text", "_content"} if enabled else {"_text"})
+
 
 _TEXT, _XHTML = "#text", "#xhtml"  # string/markdown, the narrative's xhtml
 _NOT_TEXT = {("Reference", "reference"), ("Extension", "url")}  # typed string in the model, not prose
@@ -444,9 +454,36 @@ def index_entries(resource: dict, base: str | None = None) -> list[IndexEntry]:
     for producer in composites:
         rows += producer(focus, resource, memo)
     rows += text_rows(resource, type_ if type_ in RESOURCE_TYPES else "DomainResource")
+    contained = resource.get("contained")
+    if contained.__class__ is list and contained:
+        rows += _contained_rows(rows, contained)
     if base:
         rows = _relative_to(base, type_ if type_ in RESOURCE_TYPES else "DomainResource", rows)
     return [IndexEntry(*row) for row in dict.fromkeys(rows)]
+
+
+def _contained_rows(rows: list[n.Row], contained: list) -> list[n.Row]:
+    """For each local reference ``param`` → ``#id``, the entries of that contained resource under
+    ``param.Type.code`` (search.html#contained: "a chained condition will be evaluated inside contained
+    resources"). Contained resources are never matches of their own."""
+    by_id = {
+        c["id"]: c
+        for c in contained
+        if c.__class__ is dict and c.get("id").__class__ is str and c.get("resourceType").__class__ is str
+    }
+    found: list[n.Row] = []
+    for param, value, *_ in rows:
+        if value.__class__ is str and value[:1] == "#" and value[1:] in by_id:
+            inner = by_id[value[1:]]
+            type_ = inner["resourceType"]
+            found.append((contained_param(param, type_, "_id"), inner["id"], None, None, None))  # it is there
+            found += [(contained_param(param, type_, e[0]), *e[1:]) for e in index_entries(inner)]
+    return found
+
+
+def contained_param(reference_param: str, type_: str, code: str) -> str:
+    """The entry name of ``code`` of a ``type_`` resource contained and referenced through ``reference_param``."""
+    return f"{reference_param}.{type_}.{code}"
 
 
 def restamped(entries: list[IndexEntry], body: dict) -> list[IndexEntry]:

@@ -321,7 +321,11 @@ def reference_rows(param: str, value: Any, target: str | None = None) -> list[Ro
         return []
     rows: list[Row] = []
     literal = value.get("reference")
-    if literal.__class__ is str:
+    if literal.__class__ is str and len(literal) > 1 and literal[0] == "#":
+        # A contained resource: the row says the element is present (:missing) and lets the indexer add
+        # that resource's own entries under this parameter (chains evaluate inside contained resources).
+        rows.append((param, literal, None, None, None))
+    elif literal.__class__ is str:
         found = reference_value(literal)
         if found:
             declared = value.get("type")

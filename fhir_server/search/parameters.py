@@ -19,7 +19,7 @@ from ..errors import bad_request, not_supported
 from ..instant import date_range
 from ..store.query import AllOf, AnyOf, Chain, Condition, Entry, Has, IdIn, Missing, Not, Range, Search
 from . import registry
-from .indexing import has_name_parts
+from .indexing import contained_param, has_name_parts
 from .normalize import NAME_SEPARATORS, fold, number_range, words
 from .valuesets import Code, Hierarchy, subsumed
 
@@ -681,7 +681,42 @@ def _chain(type_: str, definition: dict, modifier: str, rest: str, value: str, s
     usable = [t for t in targets if _knows(t, rest.partition(".")[0].partition(":")[0])]
     if not usable:
         raise bad_request(f"{code}.{rest}: no target type of {code!r} has that search parameter")
-    return _any(Chain(code, _linked(t, [(rest, value)], scope)) for t in usable)
+    chains = [Chain(code, _linked(t, [(rest, value)], scope)) for t in usable]
+    return _any(chains + [c for t in usable if (c := _in_contained(type_, code, t, rest, value, scope))])
+
+
+def _in_contained(type_: str, code: str, target: str, rest: str, value: str, scope: Scope) -> Condition | None:
+    """The last chain level evaluated inside a contained ``target`` that ``code`` refers to (``#id``): the
+    same condition on the container's ``code.Target.param`` entries (indexing._contained_rows). Deeper
+    chains and ``_has`` from contained resources are not followed."""
+    name = rest.partition(":")[0]
+    if "." in name or name in ("_id", "_has") or registry.parameter(type_, code) is None:
+        return None
+    found = condition(target, rest, value, replace(scope, constraints=_no_constraints))
+    renamed = _renamed(found, lambda param: contained_param(code, target, param))
+    # Only where such a contained resource is referenced (a :not must not match containers without one).
+    present = Missing(contained_param(code, target, "_id"), missing=False)
+    return None if renamed is None else AllOf((present, renamed))
+
+
+def _no_constraints(type_: str) -> tuple[Condition, ...]:
+    return ()  # a contained resource is part of its container, which carries the caller's constraints
+
+
+def _renamed(cond: Condition, rename: Callable[[str], str]) -> Condition | None:
+    """``cond`` on other entry names; None if it holds a condition that is not about entries."""
+    match cond:
+        case Entry():
+            return replace(cond, param=rename(cond.param), or_param=cond.or_param and rename(cond.or_param))
+        case Missing():
+            return replace(cond, param=rename(cond.param))
+        case Not():
+            inner = _renamed(cond.condition, rename)
+            return None if inner is None else replace(cond, condition=inner)
+        case AnyOf() | AllOf():
+            parts = [_renamed(c, rename) for c in cond.conditions]
+            return None if any(p is None for p in parts) else replace(cond, conditions=tuple(parts))
+    return None
 
 
 def _knows(type_: str, code: str) -> bool:

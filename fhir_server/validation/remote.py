@@ -57,10 +57,12 @@ def _frame(obj: object) -> bytes:
     return _LENGTH.pack(len(payload)) + payload
 
 
-def _serve(sock: socket.socket) -> None:
+def _serve(sock: socket.socket, content_search: bool = False) -> None:
     """A helper process: validate each resource received, answer its issues, until the socket closes."""
+    from ..search.indexing import use_content_search
     from . import warm_up
 
+    use_content_search(content_search)  # the entries it prepares are the server's
     warm_up()
     with sock, sock.makefile("rwb") as stream:
         stream.write(_frame("ready"))
@@ -126,8 +128,9 @@ class _Helper(asyncio.Protocol):
 
 
 class Validators(InProcess):
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, content_search: bool = False) -> None:
         self.count = count
+        self.content_search = content_search
         self._helpers: list[_Helper] = []
 
     async def start(self) -> None:
@@ -135,7 +138,9 @@ class Validators(InProcess):
         loop = asyncio.get_running_loop()
         for _ in range(self.count):
             ours, theirs = socket.socketpair()
-            process = context.Process(target=_serve, args=(theirs,), name="fhir-validator", daemon=True)
+            process = context.Process(
+                target=_serve, args=(theirs, self.content_search), name="fhir-validator", daemon=True
+            )
             process.start()
             theirs.close()
             helper = _Helper(process)
@@ -170,5 +175,5 @@ class Validators(InProcess):
 IN_PROCESS = InProcess()
 
 
-def validators(count: int) -> InProcess:
-    return Validators(count) if count > 0 else InProcess()
+def validators(count: int, content_search: bool = False) -> InProcess:
+    return Validators(count, content_search) if count > 0 else InProcess()
