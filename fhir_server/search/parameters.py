@@ -695,7 +695,7 @@ def _in_contained(type_: str, code: str, target: str, rest: str, value: str, sco
     found = condition(target, rest, value, replace(scope, constraints=_no_constraints))
     renamed = _renamed(found, lambda param: contained_param(code, target, param))
     # Only where such a contained resource is referenced (a :not must not match containers without one).
-    present = Missing(contained_param(code, target, "_id"), missing=False)
+    present = Entry(contained_param(code, target, "_id"))  # an entry (not Missing): an index can drive it
     return None if renamed is None else AllOf((present, renamed))
 
 

@@ -61,7 +61,13 @@ class Compiler:
             case Not(condition=inner):
                 return f"NOT ({self.condition(inner, owner, owner_type)})"
             case AnyOf(conditions=conds):
-                return " OR ".join(f"({self.condition(c, owner, owner_type)})" for c in conds) if conds else "0"
+                if not conds:
+                    return "0"
+                if all(_has_id_set(c) for c in conds):
+                    # One IN over a UNION: SQLite drives it from the indexes, where "id IN (a) OR id IN (b)"
+                    # makes it test every row of the type (e.g. a chain OR its contained-resource form).
+                    return f"{owner}.id IN ({self._id_set(cond, owner, owner_type)})"
+                return " OR ".join(f"({self.condition(c, owner, owner_type)})" for c in conds)
             case AllOf(conditions=conds):
                 return " AND ".join(f"({self.condition(c, owner, owner_type)})" for c in conds) if conds else "1"
             case IdIn(ids=ids):
@@ -74,6 +80,22 @@ class Compiler:
             case Has(param=param, source=source):
                 return self._has(param, source, owner, owner_type)
         raise TypeError(f"unknown search condition {cond!r}")
+
+    def _id_set(self, cond: Condition, owner: str, owner_type: str) -> str:
+        """The ids ``cond`` selects, as a subquery (``_has_id_set(cond)`` must hold)."""
+        match cond:
+            case AllOf(conditions=conds) if conds:
+                return " INTERSECT ".join(f"SELECT * FROM ({self._id_set(c, owner, owner_type)})" for c in conds)
+            case AnyOf(conditions=conds) if conds:
+                return " UNION ".join(f"SELECT * FROM ({self._id_set(c, owner, owner_type)})" for c in conds)
+            case IdIn(ids=ids):
+                self.args.extend(ids)
+                return "VALUES " + ", ".join("(?)" for _ in ids)
+        # Every other id-set condition compiles to "<owner>.id IN (<subquery>)".
+        text = self.condition(cond, owner, owner_type)
+        prefix = f"{owner}.id IN ("
+        assert text.startswith(prefix) and text.endswith(")"), text
+        return text[len(prefix) : -1]
 
     def _entry_ids(self, entry: Entry, owner: str, owner_type: str) -> str:
         s = self._alias("s")
@@ -142,6 +164,20 @@ class Compiler:
             f" AND {s}.param = ? AND {s}.value >= ? AND {s}.value < ?"
         )
         return f"{owner}.id IN ({refs})"
+
+
+def _has_id_set(cond: Condition) -> bool:
+    """Conditions the compiler writes as "<owner>.id IN (<subquery>)" (or unions/intersections of them)."""
+    match cond:
+        case Entry() | Chain() | Has():
+            return True
+        case IdIn(ids=ids):
+            return bool(ids)
+        case Missing(missing=missing):
+            return not missing
+        case AnyOf(conditions=conds) | AllOf(conditions=conds):
+            return bool(conds) and all(_has_id_set(c) for c in conds)
+    return False
 
 
 def _rank(cond: Condition) -> int:
