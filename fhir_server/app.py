@@ -26,7 +26,9 @@ from .validation.remote import validators
 
 def create_app(settings: Settings | None = None) -> ASGIApp:
     settings = settings or Settings()
-    store = open_store(settings.store, write_concern=settings.mongo_write_concern)
+    store = open_store(
+        settings.store, write_concern=settings.mongo_write_concern, read_cache_entries=settings.read_cache_entries
+    )
     # --- SMART authorization server (fhir_server.auth): None when auth is off
     auth = create_auth_server(settings, settings.store) if settings.auth else None
     use_content_search(settings.content_search)

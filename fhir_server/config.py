@@ -40,6 +40,12 @@ class Settings(BaseSettings):
         3600, ge=1, description="Seconds an $export job and its files are kept after it finishes"
     )
     log_level: str = Field("info", description="Log level")
+    read_cache_entries: int = Field(
+        10_000,
+        ge=0,
+        description="SQLite: current versions kept in memory for reads, checked against PRAGMA data_version on "
+        "every read (exact; 0 = off)",
+    )
     content_search: bool = Field(
         False,
         description="Index every string of every resource for _content searches (writes about 2x costlier; "

@@ -43,13 +43,13 @@ def sqlite_path(url: str) -> str:
     return path
 
 
-def open_store(url: str, *, write_concern: str = "majority") -> Store:
-    """Build (not start) the store a URL names."""
+def open_store(url: str, *, write_concern: str = "majority", read_cache_entries: int = 0) -> Store:
+    """Build (not start) the store a URL names (``read_cache_entries``: SQLite's current-version cache)."""
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
         from .sqlite import SQLiteStore
 
-        return SQLiteStore(sqlite_path(url))
+        return SQLiteStore(sqlite_path(url), read_cache_entries)
     if scheme in ("mongodb", "mongodb+srv"):
         from .mongo import MongoStore
 

@@ -28,6 +28,7 @@ from .base import (
     as_search,
 )
 from .query import Condition, Search, SortKey
+from .read_cache import CurrentVersionCache
 from .sqlite_query import (
     VERSION_COLUMNS,
     compile_search,
@@ -268,8 +269,11 @@ def _history_where(query: HistoryQuery) -> tuple[str, list[Any]]:
 
 
 class SQLiteStore(Store):
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, read_cache_entries: int = 0) -> None:
+        """``read_cache_entries``: current versions kept for reads (``read_cache``; 0: none)."""
         self.path = path
+        self._read_cache_entries = read_cache_entries
+        self._cache: CurrentVersionCache | None = None
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._pending: deque[tuple[Callable, asyncio.Future]] = deque()
@@ -291,6 +295,8 @@ class SQLiteStore(Store):
             self._writer.execute("PRAGMA analysis_limit=1000")
             self._writer.execute("PRAGMA optimize")
             self._reader = _connect(self.path) if self.path != ":memory:" else self._writer
+            if self._read_cache_entries > 0 and self._reader is not self._writer:  # data_version needs two
+                self._cache = CurrentVersionCache(self._read_cache_entries)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
 
@@ -311,8 +317,14 @@ class SQLiteStore(Store):
         return self._reader
 
     async def read_current(self, type_: str, id_: str) -> ResourceVersion | None:
-        row = self._read_conn.execute(_CURRENT, (type_, id_)).fetchone()
-        return _row_to_version(row) if row else None
+        conn, cache, key = self._read_conn, self._cache, (type_, id_)
+        if cache is not None and (cached := cache.get(conn, key)) is not None:
+            return cached
+        row = conn.execute(_CURRENT, key).fetchone()
+        found = _row_to_version(row) if row else None
+        if cache is not None and found is not None:
+            cache.put(key, found)
+        return found
 
     async def read_version(self, type_: str, id_: str, version: int) -> ResourceVersion | None:
         row = self._read_conn.execute(_VERSION, (type_, id_, version)).fetchone()
