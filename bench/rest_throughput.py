@@ -207,11 +207,12 @@ class Processes:
 
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
-            _stop(proc.popen)
+            stop_process_group(proc.popen)
         self.procs.clear()
 
 
-def _stop(popen: subprocess.Popen) -> None:
+def stop_process_group(popen: subprocess.Popen) -> None:
+    """SIGTERM the process's own group (it was started in a new session), SIGKILL after 10 s."""
     if popen.poll() is None:
         if popen.stdin is not None:
             with contextlib.suppress(OSError):
@@ -759,7 +760,7 @@ def main(argv: list[str] | None = None) -> int:
                         profile_native=args.native,
                     )
                     print(f"    {reads[name]['requests_per_s']:,.0f} req/s", flush=True)
-                _stop(bare.popen)  # idle from here on; stopped again (no-op) at the end
+                stop_process_group(bare.popen)  # idle from here on; stopped again (no-op) at the end
                 reads["ratio"] = reads["ours"]["requests_per_s"] / reads["bare"]["requests_per_s"]
                 reads["target_met"] = reads["ratio"] >= READ_RATIO_TARGET
                 if reads["ours"].get("server_cpu_us_per_request") and reads["bare"].get("server_cpu_us_per_request"):

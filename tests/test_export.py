@@ -316,8 +316,9 @@ async def test_group_export_is_the_members_data(client, monkeypatch):
 
 
 @contextlib.contextmanager
-def gated(app, monkeypatch) -> asyncio.Event:
-    """Hold every store page of the exports until the event is set."""
+def gated(app, monkeypatch, release: bool = True) -> asyncio.Event:
+    """Hold every store page of the exports until the event is set (at the end of the block, if
+    ``release``; else never: the job is still running when the server stops)."""
     gate = asyncio.Event()
     store = app.state.context.store
     original = store.search_page
@@ -330,7 +331,8 @@ def gated(app, monkeypatch) -> asyncio.Event:
     try:
         yield gate
     finally:
-        gate.set()
+        if release:
+            gate.set()
 
 
 async def test_status_is_202_while_running_then_the_manifest(server, monkeypatch):
@@ -409,18 +411,10 @@ async def test_a_restart_keeps_complete_jobs_and_fails_running_ones(store_url, e
         await seed(client)
         done = await kickoff(client, _type="Patient")
         found = await manifest(client, done)
-        gate = asyncio.Event()  # never set: the job is still running when the server stops
-        store = app.state.context.store
-        original = store.search_page
-
-        async def search_page(*args, **kwargs):
-            await gate.wait()
-            return await original(*args, **kwargs)
-
-        monkeypatch.setattr(store, "search_page", search_page)
-        interrupted = await kickoff(client, _type="Patient")
-        await asyncio.sleep(0.05)
-        assert (await client.get(interrupted)).status_code == 202
+        with gated(app, monkeypatch, release=False):
+            interrupted = await kickoff(client, _type="Patient")
+            await asyncio.sleep(0.05)
+            assert (await client.get(interrupted)).status_code == 202
     # A job a crashed process left "running" (its state file says so, nobody runs it).
     crashed = json.loads((export_dir / f"{done.rsplit('/', 1)[1]}.json").read_text())
     crashed.update(id="crashed-job-0123456789abcdef", status="running", finished=None, expires=None, output=[])

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import fhir_client, fhir_server_command
+from test_bundles import post
 
 from fhir_server.config import Settings
 from fhir_server.fhirjson import loads
@@ -34,13 +35,6 @@ def observation(subject: str, text: str = "PAS", **more) -> dict:
 
 def bundle(kind: str, *entries: dict) -> dict:
     return {"resourceType": "Bundle", "type": kind, "entry": list(entries)}
-
-
-def post(full_url: str | None, resource: dict, **request) -> dict:
-    entry = {"resource": resource, "request": {"method": "POST", "url": resource["resourceType"], **request}}
-    if full_url:
-        entry["fullUrl"] = full_url
-    return entry
 
 
 def put(resource: dict) -> dict:

@@ -1387,19 +1387,25 @@ async def test_include_on_every_page_and_count_counts_matches_only(prescriptions
     assert sorted(pages) == [[("include", "pa"), ("match", "mr1")], [("include", "pa"), ("match", "mr1b")]]
 
 
+ACME_MEDICATIONS = "http://acme.com./medications"
+
+
+def with_contained_medication(id_: str, ingredient: str) -> dict:
+    """A MedicationRequest whose medication is a contained Medication (#m1) with that ingredient code."""
+    contained = {"resourceType": "Medication", "id": "m1",
+                 "ingredient": [{"itemCodeableConcept": concept(ingredient, ACME_MEDICATIONS)}]}  # fmt: skip
+    request = {**med_request(id_, "pa"), "contained": [contained], "medicationReference": ref("#m1")}
+    del request["medicationCodeableConcept"]
+    return request
+
+
 async def test_chain_into_contained_resources(client):
     """search.html#contained: 'A chained condition will be evaluated inside contained resources'."""
-    acme = "http://acme.com./medications"
-    contained = {
-        "resourceType": "Medication",
-        "id": "m1",
-        "ingredient": [{"itemCodeableConcept": concept("abc", acme)}],
-    }
-    request = {**med_request("with-contained", "pa"), "contained": [contained], "medicationReference": ref("#m1")}
-    del request["medicationCodeableConcept"]
-    other = {**med_request("other-contained", "pa"), "contained": [{**contained, "ingredient": [
-        {"itemCodeableConcept": concept("xyz", acme)}]}], "medicationReference": ref("#m1")}  # fmt: skip
-    del other["medicationCodeableConcept"]
+    acme = ACME_MEDICATIONS
+    request, other = (
+        with_contained_medication("with-contained", "abc"),
+        with_contained_medication("other-contained", "xyz"),
+    )
     await put(client, request, other, med_request("plain", "pa"))
     assert await matches(client, "/MedicationRequest?medication.ingredient-code=abc") == {"with-contained"}
     assert await matches(client, f"/MedicationRequest?medication:Medication.ingredient-code={acme}|abc") == {
@@ -1412,14 +1418,8 @@ async def test_chain_into_contained_resources(client):
 
 async def test_contained_resources_are_not_matches(client):
     """Medication?ingredient-code=abc does not return a Medication contained in another resource."""
-    acme = "http://acme.com./medications"
-    contained = {
-        "resourceType": "Medication",
-        "id": "m1",
-        "ingredient": [{"itemCodeableConcept": concept("abc", acme)}],
-    }
-    request = {**med_request("with-contained", "pa"), "contained": [contained], "medicationReference": ref("#m1")}
-    del request["medicationCodeableConcept"]
+    acme = ACME_MEDICATIONS
+    request = with_contained_medication("with-contained", "abc")
     standalone = {"resourceType": "Medication", "id": "standalone",
                   "ingredient": [{"itemCodeableConcept": concept("abc", acme)}]}  # fmt: skip
     await put(client, request, standalone)

@@ -49,12 +49,14 @@ class Access:
 UNRESTRICTED = Access()
 
 
+async def within(source, type_: str, id_: str, where: tuple[Condition, ...]) -> bool:
+    """Does live ``type_/id_`` meet ``where`` (a store or a transaction answers; no conditions: yes)?"""
+    return not where or bool(await source.find_ids(Search(type_, (IdIn((id_,)), *where)), 1))
+
+
 async def reachable(tx_or_store, access: Access, type_: str, id_: str, permissions: str) -> bool:
     """Is live ``type_/id_`` inside the data on which one of ``permissions`` is granted?"""
-    where = access.constraints(type_, permissions)
-    if not where:
-        return True
-    return bool(await tx_or_store.find_ids(Search(type_, (IdIn((id_,)), *where)), 1))
+    return await within(tx_or_store, type_, id_, access.constraints(type_, permissions))
 
 
 class GuardedTransaction(Transaction):

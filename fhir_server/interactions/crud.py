@@ -8,8 +8,8 @@ from ..instant import new_id, now_us, to_instant
 from ..search.criteria import parse_criteria, parse_criteria_string
 from ..search.indexing import IndexEntry, index_entries, restamped
 from ..store import ResourceVersion, Store, Transaction, VersionConflict
-from ..store.query import IdIn, Search
-from .access import UNRESTRICTED, GuardedTransaction
+from ..store.query import Search
+from .access import UNRESTRICTED, GuardedTransaction, within
 from .context import Context, ResourceResult
 
 # Conditional delete of more matches than this is refused (412) rather than run unbounded.
@@ -121,8 +121,7 @@ async def read(ctx: Context, type_: str, id_: str) -> ResourceVersion:
 async def require_visible(ctx: Context, type_: str, id_: str, source=None) -> None:
     """A resource outside the caller's data reads as unknown (404), never as forbidden: its existence
     is not disclosed. Versions follow their resource's current version."""
-    where = ctx.constraints(type_)
-    if where and not await (source or ctx.store).find_ids(Search(type_, (IdIn((id_,)), *where)), 1):
+    if not await within(source or ctx.store, type_, id_, ctx.constraints(type_)):
         raise not_found(f"{type_}/{id_} is not known")
 
 
@@ -140,12 +139,22 @@ def _readable(type_: str, id_: str, current: ResourceVersion | None) -> Resource
 
 async def vread(ctx: Context, type_: str, id_: str, version_id: str) -> ResourceVersion:
     ctx.access.require(type_, "r")
-    if ctx.constraints(type_):
-        current = await ctx.store.read_current(type_, id_)
-        if current is None or current.deleted:  # no index entries left to test: unknown to confined callers
-            raise not_found(f"{type_}/{id_} is not known")
-        await require_visible(ctx, type_, id_)
+    await require_versions_visible(ctx, type_, id_)
     return await _vread(ctx.store, type_, id_, version_id)
+
+
+async def require_versions_visible(ctx: Context, type_: str, id_: str) -> None:
+    """Versions (vread, instance history) follow their resource's current version: a confined caller sees
+    them only while it sees the resource; a deleted one has no index entries left to test, so it is
+    unknown to them. A resource that never existed is left to the caller (404 or an empty history)."""
+    if not ctx.constraints(type_):
+        return
+    current = await ctx.store.read_current(type_, id_)
+    if current is None:
+        return
+    if current.deleted:
+        raise not_found(f"{type_}/{id_} is not known")
+    await require_visible(ctx, type_, id_)
 
 
 async def vread_in(tx: Transaction, type_: str, id_: str, version_id: str) -> ResourceVersion:

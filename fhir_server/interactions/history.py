@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import bad_request, forbidden, not_found
+from ..errors import bad_request, forbidden
 from ..instant import date_range
 from ..store import HistoryQuery, ResourceVersion
 from .context import Context
-from .crud import require_visible
+from .crud import require_versions_visible
 from .paging import decode_cursor, encode_cursor, page_size
 
 PARAMETERS = ("_count", "_since", "_at", "_cursor")
@@ -47,11 +47,7 @@ async def _check_access(ctx: Context, type_: str | None, id_: str | None) -> Non
         return
     if id_ is not None:
         ctx.access.require(type_, "r")
-        current = await ctx.store.read_current(type_, id_)
-        if current is not None and ctx.constraints(type_):
-            if current.deleted:
-                raise not_found(f"{type_}/{id_} is not known")
-            await require_visible(ctx, type_, id_)
+        await require_versions_visible(ctx, type_, id_)
         return
     ctx.access.require(type_, "s")
     if ctx.constraints(type_):

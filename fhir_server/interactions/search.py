@@ -336,16 +336,9 @@ async def search(ctx: Context, request: SearchRequest) -> SearchPage:
     matches = await store.search_page(
         query, request.count + 1, sort=request.sort, after=after, reverse=reverse
     ) if request.count else []  # fmt: skip
-    more = len(matches) > request.count
-    matches = matches[: request.count]
-    if reverse:
-        matches.reverse()
-    has_next = more if not reverse else after is not None
-    has_previous = (after is not None) if not reverse else more
-    next_cursor = encode_cursor(["a", *matches[-1].key]) if has_next and matches else None
-    previous_cursor = encode_cursor(["b", *matches[0].key]) if has_previous and matches else None
+    keyed = [(m.key, m.version) for m in matches]
+    versions, next_cursor, previous_cursor = _window(keyed, request.count, after is not None, reverse)
     total = None if request.total == "none" else await store.count(query)
-    versions = [m.version for m in matches]
     included = await _includes(ctx, request, versions) if versions else []
     return SearchPage(
         versions, included, total, next_cursor, previous_cursor, request.warnings, request.summary, request.elements
@@ -380,20 +373,28 @@ async def _search_types(ctx: Context, request: SearchRequest) -> SearchPage:
     pages = await asyncio.gather(*(page(q) for q in queries)) if request.count else []
     order = [key.descending != reverse for key in request.sort] + [reverse, reverse]
     merged = sorted((m for p in pages for m in p), key=cmp_to_key(lambda a, b: _compare(a[0], b[0], order)))
-    more = len(merged) > request.count
-    merged = merged[: request.count]
-    if reverse:
-        merged.reverse()
-    has_next = more if not reverse else after is not None
-    has_previous = (after is not None) if not reverse else more
-    next_cursor = encode_cursor(["a", *merged[-1][0]]) if has_next and merged else None
-    previous_cursor = encode_cursor(["b", *merged[0][0]]) if has_previous and merged else None
+    versions, next_cursor, previous_cursor = _window(merged, request.count, after is not None, reverse)
     total = None if request.total == "none" else sum(await asyncio.gather(*(store.count(q) for q in queries)))
-    versions = [version for _, version in merged]
     included = await _includes(ctx, request, versions) if versions else []
     return SearchPage(
         versions, included, total, next_cursor, previous_cursor, request.warnings, request.summary, request.elements
     )
+
+
+def _window(
+    found: list[tuple[tuple, ResourceVersion]], count: int, resumed: bool, reverse: bool
+) -> tuple[list[ResourceVersion], str | None, str | None]:
+    """A page from ``count + 1`` (sort key, version) matches fetched after a cursor (``resumed``), walking
+    forward or backward (``reverse``): its versions in order, and the ``next``/``previous`` cursors."""
+    more = len(found) > count
+    found = found[:count]
+    if reverse:
+        found.reverse()
+    has_next = more if not reverse else resumed
+    has_previous = resumed if not reverse else more
+    next_cursor = encode_cursor(["a", *found[-1][0]]) if has_next and found else None
+    previous_cursor = encode_cursor(["b", *found[0][0]]) if has_previous and found else None
+    return [version for _, version in found], next_cursor, previous_cursor
 
 
 def _compare(a: tuple, b: tuple, descending: list[bool]) -> int:
