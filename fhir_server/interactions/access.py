@@ -67,6 +67,7 @@ class GuardedTransaction(Transaction):
     def __init__(self, inner: Transaction, access: Access) -> None:
         self.inner = inner
         self.access = access
+        self._reached: set[tuple[str, str]] = set()  # found inside the caller's data, unchanged since
 
     async def read_current(self, type_: str, id_: str) -> ResourceVersion | None:
         found = await self.inner.read_current(type_, id_)
@@ -75,6 +76,7 @@ class GuardedTransaction(Transaction):
         # A deleted resource has no index entries to test: confined callers cannot reach it.
         if found.deleted or not await reachable(self.inner, self.access, type_, id_, ANY):
             raise not_found(f"{type_}/{id_} is not known")
+        self._reached.add((type_, id_))
         return found
 
     async def read_version(self, type_: str, id_: str, version: int) -> ResourceVersion | None:
@@ -104,7 +106,13 @@ class GuardedTransaction(Transaction):
 
     async def _before(self, version: ResourceVersion, permission: str) -> None:
         self.access.require(version.type, permission)
-        if permission != "c" and not await reachable(self.inner, self.access, version.type, version.id, permission):
+        key = (version.type, version.id)
+        # read_current (an update reads first) has just tested the same conditions: not again.
+        checked = key in self._reached and self.access.constraints(version.type, permission) == self.access.constraints(
+            version.type, ANY
+        )
+        self._reached.discard(key)  # the write changes what the resource's entries say
+        if permission != "c" and not checked and not await reachable(self.inner, self.access, *key, permission):
             raise not_found(f"{version.type}/{version.id} is not known")
 
     async def _after(self, version: ResourceVersion, permission: str) -> None:
