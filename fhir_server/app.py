@@ -15,7 +15,7 @@ from .config import Settings
 from .interactions import Context
 from .interactions.definitions import load_search_parameters
 from .interactions.export import ExportManager
-from .rest import errors, operation_routes, routes  # noqa: F401 (operation_routes registers its routes)
+from .rest import errors, health, openapi, operation_routes, routes  # noqa: F401 (operation_routes registers its routes)
 from .rest.fastpath import ReadFastPath
 from .search.indexing import use_content_search
 from .security.authenticate import Authenticate
@@ -54,7 +54,8 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
                 await auth.close()
             await store.close()
 
-    # No generated docs routes: the URL space belongs to FHIR ([base]/[type]/…).
+    # No FastAPI-generated docs: the URL space belongs to FHIR ([base]/[type]/…); rest.openapi serves an
+    # OpenAPI document made from the CapabilityStatement (/openapi.json) and Swagger UI (/docs) instead.
     app = FastAPI(
         title="fhir-server",
         version=__version__,
@@ -72,7 +73,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     if auth is not None:
         app.router.routes.extend(auth_routes())
     # ---
-    app.router.routes.extend([*routes.routes, routes.INVALID_ID])
+    app.router.routes.extend([*health.routes, *routes.routes, *openapi.routes, routes.INVALID_ID])
     fhir_app = FhirApp(app)
     if auth is not None:
         auth.on_revoked(fhir_app.authenticate.forget)  # revoked here → dropped from the token cache at once

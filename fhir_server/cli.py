@@ -10,7 +10,8 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .config import Settings
+from .auth.state import MissingAuthState
+from .config import SettingsError, load_settings
 
 log = logging.getLogger("fhir_server")
 
@@ -54,11 +55,13 @@ def reindex(args: argparse.Namespace) -> int:
     from .store import open_store
     from .validation import R4_RESOURCE_TYPES
 
-    settings = Settings(**_overrides(args))  # type: ignore[arg-type]
+    settings = load_settings(**_overrides(args))
     unknown = sorted(set(args.types or ()) - R4_RESOURCE_TYPES)
     if unknown:
         print(f"unknown resource type(s): {', '.join(unknown)}", file=sys.stderr)
         return 2
+
+    require_store(settings.store)
 
     async def main() -> int:
         store = open_store(settings.store, write_concern=settings.mongo_write_concern)
@@ -98,7 +101,7 @@ def load(args: argparse.Namespace) -> int:
     if args.load_workers is not None and args.load_workers < 0:
         print("--workers must be 0 or more", file=sys.stderr)
         return 2
-    settings = Settings(**_overrides(args))  # type: ignore[arg-type]
+    settings = load_settings(**_overrides(args))
     return run(settings, args.paths, workers=args.load_workers, fail_fast=args.fail_fast)
 
 
@@ -123,7 +126,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     overrides = _overrides(args)
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+    settings = load_settings(**overrides)
     if not settings.auth:
         if not _is_loopback(settings.host):
             print(
@@ -151,6 +154,21 @@ def serve(args: argparse.Namespace) -> int:
         proxy_headers=True,
     )
     return 0
+
+
+class MissingStore(Exception):
+    """An administration command found no database where it looked."""
+
+
+def require_store(url: str) -> None:
+    """``reindex`` works on existing data: a SQLite URL naming no file is a mistake (wrong directory), not a
+    new database to create."""
+    from pathlib import Path
+
+    from .store import sqlite_path
+
+    if url.startswith("sqlite:") and not Path(sqlite_path(url)).is_file():
+        raise MissingStore(f"no database at {Path(sqlite_path(url)).resolve()}")
 
 
 def _redact(url: str) -> str:
@@ -183,7 +201,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
-    return args.func(args)
+    try:
+        return args.func(args)
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(f"fhir-server: {problem}", file=sys.stderr)
+        return 2
+    except (MissingAuthState, MissingStore) as exc:
+        hint = (
+            "; --init creates a new one, whose tokens only a server using it will accept"
+            if isinstance(exc, MissingAuthState)
+            else ""
+        )
+        print(
+            f"fhir-server: {exc} (relative paths are resolved against {os.getcwd()}): run the command where the "
+            "server's data directory is, or name it with --store / FHIR_SERVER_STORE (FHIR_SERVER_AUTH_STATE for "
+            f"the auth state){hint}",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

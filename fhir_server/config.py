@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import os
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_STORE = "sqlite:///./data/fhir.db"
+STORE_URL_FORMS = "sqlite:///relative/path.db, sqlite:////absolute/path.db, mongodb://host/db or mongodb+srv://host/db"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
+
+
+def check_store_url(url: str) -> str:
+    """A store (or auth state) URL the server can open; the message names the accepted forms."""
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
+            raise ValueError(f"a SQLite URL needs a path; accepted: {STORE_URL_FORMS}")
+    elif scheme not in ("mongodb", "mongodb+srv"):
+        raise ValueError(f"unsupported scheme {scheme or url!r}; accepted: {STORE_URL_FORMS}")
+    return url
 
 
 class Settings(BaseSettings):
@@ -20,7 +34,7 @@ class Settings(BaseSettings):
 
     store: str = Field(DEFAULT_STORE, description="Store URL: sqlite:///rel.db, sqlite:////abs.db, mongodb://…")
     host: str = Field("127.0.0.1", description="Interface to listen on")
-    port: int = Field(8080, description="TCP port")
+    port: int = Field(8080, ge=1, le=65535, description="TCP port")
     workers: int = Field(1, ge=1, description="uvicorn worker processes")
     base_url: str | None = Field(
         None, description="Public base URL (e.g. https://fhir.example.org/fhir); default: from the request"
@@ -75,3 +89,66 @@ class Settings(BaseSettings):
     access_token_lifetime: int = Field(300, ge=10, description="Seconds an access token is valid")
     refresh_token_lifetime: int = Field(30 * 24 * 3600, ge=60, description="Seconds an offline refresh token is valid")
     authorization_code_lifetime: int = Field(60, ge=5, description="Seconds an authorization code is valid")
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        return check_store_url(value)
+
+    @field_validator("auth_state")
+    @classmethod
+    def _auth_state_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_store_url(value)
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.lower() not in LOG_LEVELS:
+            raise ValueError(f"accepted: {', '.join(LOG_LEVELS)}")
+        return value.lower()
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is not None and (urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).netloc):
+            raise ValueError("accepted: an absolute http:// or https:// URL, e.g. https://fhir.example.org/fhir")
+        return value
+
+    @field_validator("mongo_write_concern")
+    @classmethod
+    def _write_concern(cls, value: str) -> str:
+        if value != "majority" and not value.isdigit():
+            raise ValueError("accepted: majority or a number of nodes (1, 2, …)")
+        return value
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used: one line per problem, naming the setting and what is accepted."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def load_settings(**overrides: object) -> Settings:
+    """``Settings(**overrides)``, with every invalid value reported as one readable line (no traceback)."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SettingsError([_problem(error) for error in exc.errors()]) from None
+
+
+def _problem(error: dict) -> str:
+    name = str(error["loc"][0]) if error["loc"] else "settings"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    given = error.get("input")
+    if name == "store" and isinstance(given, str) and "@" in given:  # never echo credentials
+        given = given.split("://", 1)[0] + "://***@" + given.rsplit("@", 1)[1]
+    shown = f" {given!r}:" if isinstance(given, str | int | float) else ":"
+    where = f"{FLAGS[name]} or FHIR_SERVER_{name.upper()}" if name in FLAGS else f"FHIR_SERVER_{name.upper()}"
+    return f"invalid setting {name} ({where}){shown} {message}"
+
+
+#: Settings that ``fhir-server serve`` (and the administration commands, for ``store``) also take as flags.
+FLAGS = {"store": "--store", "host": "--host", "port": "--port", "workers": "--workers", "base_url": "--base-url",
+         "log_level": "--log-level", "auth": "--auth"}  # fmt: skip

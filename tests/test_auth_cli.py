@@ -22,7 +22,11 @@ BASE = "http://127.0.0.1:8080"
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     for name in ("FHIR_SERVER_AUTH_STATE", "FHIR_SERVER_BASE_URL", "FHIR_SERVER_HOST", "FHIR_SERVER_PORT"):
         monkeypatch.delenv(name, raising=False)
-    return f"sqlite:///{tmp_path / 'fhir.db'}"
+    url = f"sqlite:///{tmp_path / 'fhir.db'}"
+    auth = create_auth_server(Settings(store=url), url)  # the state a served store has (commands never create one)
+    auth.start_sync()
+    auth.close_sync()
+    return url
 
 
 @pytest.fixture
@@ -99,3 +103,56 @@ def test_token_launch_and_key_rotation(store: str, opened, capsys) -> None:
     code, out, _ = run(capsys, "token", "--client", "svc", "--scope", "system/*.rs", "--aud", "https://fhir.example/r4",
                        "--store", store)  # fmt: skip
     assert opened().verify_access_token(out.strip(), "https://fhir.example/r4")["iss"] == "https://fhir.example/r4"
+
+
+def test_commands_refuse_to_create_a_missing_auth_state(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Run from the wrong directory, an administration command must not mint tokens signed by new keys."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FHIR_SERVER_STORE", raising=False)
+    monkeypatch.delenv("FHIR_SERVER_AUTH_STATE", raising=False)
+    commands = [
+        ("token", "--client", "x", "--scope", "system/*.rs"),
+        ("keys", "rotate"),
+        ("clients", "add", "c", "--type", "public", "--redirect-uri", "https://app/cb"),
+        ("launch",),
+    ]
+    for argv in commands:
+        code, out, err = run(capsys, *argv)
+        assert code == 2 and out == "", argv
+        assert f"no authorization state at {tmp_path / 'data' / 'auth.db'}" in err and "--init" in err
+    assert not (tmp_path / "data").exists()  # nothing created
+    code, out, _ = run(capsys, "token", "--client", "x", "--scope", "system/*.rs", "--init")
+    assert code == 0 and out.count(".") == 2 and (tmp_path / "data" / "auth.db").is_file()
+    code, again, _ = run(capsys, "token", "--client", "x", "--scope", "system/*.rs")  # exists now: no --init
+    assert code == 0 and again.count(".") == 2
+
+
+def test_reindex_refuses_a_missing_database(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "reindex", "--store", "sqlite:///nowhere.db")
+    assert code == 2 and f"no database at {tmp_path / 'nowhere.db'}" in err
+    assert not (tmp_path / "nowhere.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "named"),
+    [
+        (
+            ("serve", "--store", "postgres://x"),
+            {},
+            "invalid setting store (--store or FHIR_SERVER_STORE) 'postgres://x'",
+        ),
+        (("serve",), {"FHIR_SERVER_PORT": "abc"}, "invalid setting port (--port or FHIR_SERVER_PORT) 'abc'"),
+        (("serve", "--log-level", "loud"), {}, "accepted: critical, error, warning, info, debug, trace"),
+        (("serve", "--base-url", "fhir.example"), {}, "invalid setting base_url"),
+        (("token", "--client", "x", "--scope", "system/*.rs", "--store", "mysql://u:secret@db/x"), {}, "unsupported"),
+        (("load", "--store", "sqlite://", "x.json"), {}, "invalid setting store"),
+    ],
+)
+def test_bad_settings_are_one_line_and_exit_2(argv, env, named, capsys, monkeypatch) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert named in err and "Traceback" not in err and "secret" not in err
+    assert len(err.strip().splitlines()) == 1, err

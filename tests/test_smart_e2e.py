@@ -155,8 +155,9 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
 
     with smart_e2e.serve_app() as app:
         # --- the CLI: users, clients, operator tokens (before the server starts) -------------------------
+        # --init: the first administration command creates the auth state (a missing one is otherwise an error)
         _cli(tmp, store, "users", "add", ALICE, "--fhir-user", f"Patient/{A}", "--patient", C, "--password-stdin",
-             "--name", "Anna Alpha", stdin=PASSWORD + "\n")  # fmt: skip
+             "--name", "Anna Alpha", "--init", stdin=PASSWORD + "\n")  # fmt: skip
         otpauth = _cli(tmp, store, "users", "add", BOB, "--fhir-user", f"Patient/{B}", "--password-stdin", "--totp",
                        stdin=PASSWORD + "\n")  # fmt: skip
         assert otpauth.startswith("otpauth://totp/")

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ..config import Settings
+from ..config import load_settings
 from .clients import CLIENT_TYPES, ClientError
 from .server import AuthServer, create_auth_server
 from .totp import provisioning_uri
@@ -23,9 +23,9 @@ STORE_HELP = "store URL (default sqlite:///./data/fhir.db; env FHIR_SERVER_STORE
 
 
 def _server(args: argparse.Namespace) -> AuthServer:
-    settings = Settings(store=args.store) if args.store else Settings()  # type: ignore[call-arg]
+    settings = load_settings(store=args.store) if args.store else load_settings()
     auth = create_auth_server(settings, settings.store)
-    auth.start_sync()
+    auth.start_sync(create=args.init)  # never a new key store by accident (wrong directory)
     return auth
 
 
@@ -45,6 +45,12 @@ def _run(action: Callable[[AuthServer, argparse.Namespace], int]) -> Callable[[a
 
 def _store(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", help=STORE_HELP)
+    parser.add_argument(
+        "--init",
+        action="store_true",
+        help="create the auth state (and its signing keys) if there is none; without it a missing state is an "
+        "error, so a command run from the wrong directory cannot mint tokens the server rejects",
+    )
 
 
 # --- users ------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from .clients import Client, new_client
 from .issuance import ID_TOKEN_LIFETIME, TokenIssuer
 from .keys import RELOAD_INTERVAL, KeyRing
 from .oauth import SmartAuthorizationServer
-from .state import LAUNCH, AuthState, default_state_url, open_auth_state
+from .state import LAUNCH, AuthState, default_state_url, open_auth_state, require_auth_state
 from .throttle import LoginThrottle
 from .tokens import LEEWAY, AccessTokenRequest, mint_access_token
 from .tokens import verify_access_token as _verify
@@ -50,10 +50,13 @@ class AuthServer:
         self.jwks_cache = JwksCache()
 
     # --- lifecycle --------------------------------------------------------------------------------
-    def start_sync(self) -> None:
-        """Open the state, load (or create, on first start) the signing keys."""
+    def start_sync(self, *, create: bool = True) -> None:
+        """Open the state, load (or create, on first start) the signing keys; with ``create=False`` a missing
+        state is an error (``MissingAuthState``) rather than a new one."""
         if self._state is not None:
             return
+        if not create:
+            require_auth_state(self.state_url)
         state = open_auth_state(self.state_url, write_concern=self.settings.mongo_write_concern)
         # Keys must stay published as long as the longest-lived token they signed.
         retention = max(self.settings.access_token_lifetime, ID_TOKEN_LIFETIME) + 2 * LEEWAY

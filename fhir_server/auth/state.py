@@ -150,6 +150,38 @@ def default_state_url(store_url: str) -> str:
     raise ValueError(f"unsupported store URL scheme {scheme!r}")
 
 
+class MissingAuthState(Exception):
+    """An administration command found no auth state where it looked (and was not told to create one)."""
+
+
+def require_auth_state(url: str) -> None:
+    """Refuse to go on unless the auth state ``url`` names exists and holds signing keys.
+
+    Administration commands (``token``, ``users``, ``clients``…) run from the wrong directory would
+    otherwise create a fresh state with fresh keys, whose tokens the running server rejects.
+    """
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        from ..store import sqlite_path
+
+        path = sqlite_path(url)
+        if path != ":memory:" and not Path(path).is_file():
+            raise MissingAuthState(f"no authorization state at {Path(path).resolve()}")
+        return
+    if scheme in ("mongodb", "mongodb+srv"):
+        from .state_mongo import has_keys
+
+        if not has_keys(url):
+            raise MissingAuthState(f"no signing keys in the auth_keys collection of {_redacted(url)}")
+        return
+    raise ValueError(f"unsupported auth state URL scheme {scheme!r}: use sqlite:///… or mongodb://…")
+
+
+def _redacted(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.split('@', 1)[1]}" if "@" in rest else url
+
+
 def open_auth_state(url: str, *, write_concern: str = "majority") -> AuthState:
     """Open (connect to, create tables/indexes of) the auth state a URL names."""
     scheme = urlsplit(url).scheme

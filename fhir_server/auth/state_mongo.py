@@ -28,6 +28,15 @@ def _seconds(value: datetime) -> float:
     return value.timestamp()
 
 
+def has_keys(url: str) -> bool:
+    """Whether the database of ``url`` already holds signing keys (read only: creates nothing)."""
+    client: MongoClient = MongoClient(url, serverSelectionTimeoutMS=5000, appname="fhir-server-auth")
+    try:
+        return client[database_name(url)][KEYS].find_one({}, {"_id": 1}) is not None
+    finally:
+        client.close()
+
+
 class MongoAuthState(AuthState):
     def __init__(self, url: str, *, write_concern: str = "majority") -> None:
         w: str | int = int(write_concern) if write_concern.isdigit() else write_concern

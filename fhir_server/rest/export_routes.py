@@ -123,6 +123,12 @@ async def export_patients(request: Request) -> Response:
     return await _kickoff(request, "patient")
 
 
+@route("/Group/$export", "GET", "POST")
+async def export_group_without_id(request: Request) -> Response:
+    # Bulk Data exports a Group by id only ([base]/Group/[id]/$export): say so rather than "no such route".
+    raise bad_request("Group export needs a Group id: [base]/Group/[id]/$export")
+
+
 @route("/Group/{group_id}/$export", "GET", "POST")
 async def export_group(request: Request, group_id: str) -> Response:
     return await _kickoff(request, "group", group_id)

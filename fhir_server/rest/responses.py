@@ -52,10 +52,10 @@ def prefer_return(request: Request) -> str:
     return "representation"
 
 
-def write_response(request: Request, version: ResourceVersion, status: int) -> Response:
-    """The answer to create/update: body per Prefer, Location on 201."""
+def write_response(request: Request, version: ResourceVersion, status: int, *, with_location: bool = False) -> Response:
+    """The answer to create/update: body per Prefer, Location on 201 (and where the caller asks for it)."""
     headers = version_headers(version)
-    if status == 201:
+    if status == 201 or with_location:
         headers["Location"] = location(request, version)
     preference = prefer_return(request)
     if preference == "minimal":

@@ -202,9 +202,18 @@ async def read(request: Request, type_name: str, resource_id: str) -> Response:
 @route("/{type_name:type}", "POST")
 async def create(request: Request, type_name: str) -> Response:
     type_ = resource_type(type_name)
+    if names := sorted({key for key, _ in criteria(request)}):
+        # R4 create takes no search criteria: a client sending them expects a conditional create, and
+        # creating regardless would duplicate what it meant to find (http.html#ccreate).
+        raise bad_request(
+            f"POST /{type_} takes no search parameters (got {', '.join(names)}): a conditional create sends its "
+            "criteria in the If-None-Exist header, e.g. If-None-Exist: identifier=system|value"
+        )
     resource = await read_resource(request)
     result = await crud.create(context(request), type_, resource, request.headers.get("if-none-exist"))
-    return write_response(request, result.version, 201 if result.created else 200)
+    # A matching conditional create answers 200 with the existing resource and where it lives, so a client
+    # can follow it as it would a 201.
+    return write_response(request, result.version, 201 if result.created else 200, with_location=True)
 
 
 @route("/{type_name:type}/{resource_id:id}", "PUT")

@@ -1,7 +1,8 @@
 """Bearer-token authentication (RFC 6750) in front of every FHIR endpoint, the read fast path included.
 
 A verified token becomes a ``Principal`` and its ``ScopedAccess`` in the ASGI scope; interactions
-enforce it (rest.caller.context). Discovery, the CapabilityStatement and the OAuth endpoints are public.
+enforce it (rest.caller.context). Discovery, the CapabilityStatement, the OpenAPI document and its page
+(rest.openapi) and the OAuth endpoints are public.
 Signature checks are cached per token (until it expires); revocation is re-checked at most every
 ``REVOCATION_RECHECK_SECONDS`` per token (immediately in the process that revoked it, see ``forget``).
 """
@@ -26,8 +27,9 @@ from .principal import Principal
 log = logging.getLogger("fhir_server.security")
 
 ACCESS_KEY = "fhir.access"  # the caller's ScopedAccess in the ASGI scope (read by rest.caller)
-PUBLIC_PATHS = ("/metadata",)
-PUBLIC_PREFIXES = ("/.well-known/", "/auth/")
+PUBLIC_PATHS = ("/metadata", "/healthz", "/readyz")  # probes: no data, see rest/health.py
+PUBLIC_PATHS += ("/openapi.json", "/docs")  # the API's description and its page (rest/openapi.py): no data
+PUBLIC_PREFIXES = ("/.well-known/", "/auth/", "/docs/")
 REVOCATION_RECHECK_SECONDS = 2.0
 CACHE_SIZE = 10_000
 REALM = 'Bearer realm="fhir-server"'
