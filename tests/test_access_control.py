@@ -275,7 +275,8 @@ async def test_system_and_user_scopes(store_url):
         assert (await c.get("/_history", headers=system)).status_code == 200
         assert (await c.post("/Patient", json=patient("x", "Y"), headers=system)).status_code == 403
         practitioner = token("user/*.cruds", fhirUser="Practitioner/doc")
-        assert (await c.get("/Observation/b-vital", headers=practitioner)).status_code == 200
+        # A professional reaches a record only once the patient authorised them (tests/test_policy.py).
+        assert (await c.get("/Observation/b-vital", headers=practitioner)).status_code == 404
         # A guardian (user scopes, RelatedPerson) reaches the patients they manage, and no one else.
         guardian = token("user/*.rs", fhirUser="RelatedPerson/r1", managed_patients=["anne", "chloe"])
         assert ids((await c.get("/Patient", headers=guardian)).json()) == ["anne", "chloe"]

@@ -19,6 +19,9 @@ from ..store.query import Condition, IdIn, Search
 NOTHING: tuple[Condition, ...] = (IdIn(()),)  # matches no resource: the type is out of reach
 ANY = "cruds"
 READ_OR_SEARCH = "rs"
+#: What a unit of work may look up (conditional criteria, conditional references, the version it replaces):
+#: what the caller may read, update or delete; never what it may only create (that would disclose data).
+LOOKUP = "rsud"
 _NAMES = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
 
 
@@ -40,6 +43,13 @@ class Access:
     def owner(self) -> str:
         """Who owns what this caller starts (an $export job): only they may poll or download it."""
         return ""
+
+    async def check_write(self, tx: Transaction, version: ResourceVersion) -> None:
+        """Rules on what a write may contain or change (the policy layer's); raise to refuse it."""
+
+    def lookup_constraints(self, type_: str) -> tuple[Condition, ...]:
+        """The conditions lookups inside a write are held to (see ``LOOKUP``)."""
+        return self.constraints(type_, ANY)
 
     def require(self, type_: str, permission: str) -> None:
         if not self.may(type_, permission):
@@ -71,10 +81,11 @@ class GuardedTransaction(Transaction):
 
     async def read_current(self, type_: str, id_: str) -> ResourceVersion | None:
         found = await self.inner.read_current(type_, id_)
-        if found is None or not self.access.constraints(type_, ANY):
+        where = self.access.lookup_constraints(type_)
+        if found is None or not where:
             return found
         # A deleted resource has no index entries to test: confined callers cannot reach it.
-        if found.deleted or not await reachable(self.inner, self.access, type_, id_, ANY):
+        if found.deleted or not await within(self.inner, type_, id_, where):
             raise not_found(f"{type_}/{id_} is not known")
         self._reached.add((type_, id_))
         return found
@@ -85,12 +96,13 @@ class GuardedTransaction(Transaction):
 
     async def find_ids(self, query: StoreQuery | Search, limit: int) -> list[str]:
         if isinstance(query, Search):
-            query = Search(query.type, query.where + self.access.constraints(query.type, ANY))
+            query = Search(query.type, query.where + self.access.lookup_constraints(query.type))
         return await self.inner.find_ids(query, limit)
 
     async def put(self, version: ResourceVersion, entries: Sequence[IndexEntry]) -> None:
         permission = "d" if version.deleted else ("u" if version.version > 1 else "c")
         await self._before(version, permission)
+        await self.access.check_write(self.inner, version)
         await self.inner.put(version, entries)
         await self._after(version, permission)
 
@@ -108,9 +120,9 @@ class GuardedTransaction(Transaction):
         self.access.require(version.type, permission)
         key = (version.type, version.id)
         # read_current (an update reads first) has just tested the same conditions: not again.
-        checked = key in self._reached and self.access.constraints(version.type, permission) == self.access.constraints(
-            version.type, ANY
-        )
+        checked = key in self._reached and self.access.constraints(
+            version.type, permission
+        ) == self.access.lookup_constraints(version.type)
         self._reached.discard(key)  # the write changes what the resource's entries say
         if permission != "c" and not checked and not await reachable(self.inner, self.access, *key, permission):
             raise not_found(f"{version.type}/{version.id} is not known")

@@ -34,7 +34,11 @@ class ScopedAccess(Access):
         self._constraints: dict[tuple[str, str], Filter] = {}
 
     def may(self, type_: str, permission: str) -> bool:
-        return any(g.covers(type_, permission) for g in self.principal.grants)
+        return any(g.covers(type_, permission) for g in self.grants(type_))
+
+    def grants(self, type_: str) -> tuple[ScopeGrant, ...]:
+        """The grants that may reach ``type_`` (the policy layer sets some aside)."""
+        return self.principal.grants
 
     def owner(self) -> str:
         return f"{self.principal.client_id}|{self.principal.subject}"
@@ -56,7 +60,7 @@ class ScopedAccess(Access):
         wanted = set(permissions)
         writing = not wanted <= set(READ_OR_SEARCH)
         alternatives: list[Filter] = []
-        for grant in self.principal.grants:
+        for grant in self.grants(type_):
             if grant.type not in ("*", type_) or not grant.permissions & wanted:
                 continue
             found = self._grant_filter(grant, type_, writing)

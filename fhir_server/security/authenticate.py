@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import Issue, operation_outcome
 from ..fhirjson import dumps
+from ..policy.access import access_for
 from .access import ScopedAccess
 from .principal import Principal
 
@@ -93,7 +94,7 @@ class Authenticate:
                 claims = verifier.verify_access_token(token, audience)
             except Exception as exc:  # InvalidToken from the authorization server, or a malformed token
                 raise InvalidCredentials(getattr(exc, "description", None) or "signature or claims rejected") from None
-            verified = _Verified(ScopedAccess(Principal.from_claims(claims)), audience, 0.0)
+            verified = _Verified(access_for(Principal.from_claims(claims)), audience, 0.0)
         elif verified.audience != audience:  # the same server reached under another name: not this token's
             raise InvalidCredentials("it was issued for another audience")
         principal = verified.access.principal

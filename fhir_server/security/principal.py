@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..policy.codes import ACCESS_MODES, NORMAL
+from ..policy.professional import Professional
 from .scopes import ScopeGrant, parse_scopes
+
+#: The scope a professional asks for an emergency mode with (TRE_R248 codes): ``access-mode/bris_de_glace``.
+ACCESS_MODE_SCOPE = "access-mode/"
+_PROFESSIONAL_USERS = ("Practitioner", "PractitionerRole")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +32,10 @@ class Principal:
     fhir_user: str | None = None
     managed_patients: tuple[str, ...] = ()
     purpose_of_use: tuple[str, ...] = field(default=())
+    #: A health professional (from the directory, signed in by the authorization server); None otherwise.
+    professional: Professional | None = None
+    access_mode: str = NORMAL  # TRE_R248: normal, centre_15, bris_de_glace
+    justification: str | None = None  # bris de glace: why (traced, shown to the patient)
 
     @classmethod
     def from_claims(cls, claims: dict) -> Principal:
@@ -43,8 +53,32 @@ class Principal:
             fhir_user=claims.get("fhirUser") or None,
             managed_patients=tuple(claims.get("managed_patients") or ()),
             purpose_of_use=(purpose,) if isinstance(purpose, str) else tuple(purpose),
+            professional=_professional(claims),
+            access_mode=_access_mode(scope),
+            justification=claims.get("justification") or None,
         )
 
     @property
     def fhir_user_type(self) -> str | None:
         return self.fhir_user.split("/", 1)[0] if self.fhir_user else None
+
+
+def _professional(claims: dict) -> Professional | None:
+    """The ``ps`` claim the authorization server signed; a professional fhirUser without it is still a
+    professional, of no known profession (so no document type reaches them)."""
+    found = Professional.from_claim(claims.get("ps"))
+    if found is not None:
+        return found
+    fhir_user = str(claims.get("fhirUser") or "")
+    kind = fhir_user.split("/", 1)[0]
+    if kind not in _PROFESSIONAL_USERS:
+        return None
+    if kind == "PractitionerRole":
+        return Professional(id_nat_ps="", profession="", practitioner="", role=fhir_user)
+    return Professional(id_nat_ps="", profession="", practitioner=fhir_user)
+
+
+def _access_mode(scope: str) -> str:
+    """The emergency mode a scope grants (one at most: two are contradictory, so none is honoured)."""
+    modes = {s[len(ACCESS_MODE_SCOPE) :] for s in scope.split() if s.startswith(ACCESS_MODE_SCOPE)}
+    return modes.pop() if len(modes) == 1 and modes <= set(ACCESS_MODES) else NORMAL

@@ -1,0 +1,119 @@
+"""``PolicyAccess``: the SMART scope confinement (``security.access``) ANDed with the Mon espace santé rules.
+
+The rules (``rules.py``) become store conditions per type and permission letter; what a write may contain
+or change is checked on the content (``writes.py``). Tokens without a professional or a patient side
+(``system/`` backend services) are held to their scopes alone.
+"""
+
+from __future__ import annotations
+
+from ..interactions.access import LOOKUP, NOTHING
+from ..security.access import ScopedAccess
+from ..security.principal import Principal
+from ..security.scopes import ScopeGrant
+from ..store import ResourceVersion, Transaction
+from ..store.query import AllOf, AnyOf, Chain, Condition, Entry, Not, Search
+from . import codes, writes
+from .rules import DOCUMENT_TYPES, PatientSideRules, ProfessionalRules
+
+Filter = tuple[Condition, ...]
+_PATIENT_SIDE_USERS = ("Patient", "RelatedPerson")
+
+
+def access_for(principal: Principal) -> ScopedAccess:
+    """The access object of a verified token: the policy applies to professionals and the patient side."""
+    if principal.professional is not None or _patient_side(principal):
+        return PolicyAccess(principal)
+    return ScopedAccess(principal)
+
+
+def _patient_side(principal: Principal) -> bool:
+    if principal.fhir_user_type in _PATIENT_SIDE_USERS:
+        return True
+    return any(g.context == "patient" for g in principal.grants)
+
+
+def _own_patient(principal: Principal) -> str | None:
+    """The caller's own Patient id: their fhirUser, or an app's launch patient when no other user is named."""
+    if principal.fhir_user_type == "Patient" and principal.fhir_user:
+        return principal.fhir_user.split("/", 1)[1]
+    if principal.fhir_user is None:
+        return principal.patient
+    return None
+
+
+class PolicyAccess(ScopedAccess):
+    def __init__(self, principal: Principal) -> None:
+        super().__init__(principal)
+        professional = principal.professional
+        self.professional = ProfessionalRules(professional, principal.access_mode) if professional else None
+        self.patient_side = None if professional else PatientSideRules(_own_patient(principal))
+
+    def grants(self, type_: str) -> tuple[ScopeGrant, ...]:
+        grants = self.principal.grants
+        if self.professional is None or type_ not in DOCUMENT_TYPES:
+            return grants
+        if not self.principal.professional or not self.principal.professional.profession:
+            return ()  # no known profession: the habilitation matrix grants no document type
+        # Documents are reached through document scopes only, which the authorization server narrowed to
+        # the habilitation matrix: a wildcard grant (user/*.rs) does not reach them.
+        return tuple(g for g in grants if g.type == type_)
+
+    def may(self, type_: str, permission: str) -> bool:
+        if self.professional is not None and self.professional.mode != codes.NORMAL and permission in "cud":
+            return False  # an emergency access only reads
+        return super().may(type_, permission)
+
+    def sees_everything(self) -> bool:
+        return False
+
+    def lookup_constraints(self, type_: str) -> Filter:
+        return self.constraints(type_, LOOKUP)
+
+    def _compute(self, type_: str, permissions: str) -> Filter:
+        scoped = super()._compute(type_, permissions)
+        if scoped == NOTHING:
+            return NOTHING
+        alternatives = [f for letter in dict.fromkeys(permissions) if (f := self._letter(type_, letter)) is not None]
+        if not alternatives:
+            return NOTHING
+        if () in alternatives:
+            return scoped
+        unique = list(dict.fromkeys(alternatives))
+        if len(unique) == 1:
+            return scoped + unique[0]
+        return (*scoped, AnyOf(tuple(f[0] if len(f) == 1 else AllOf(f) for f in unique)))
+
+    def _letter(self, type_: str, letter: str) -> Filter | None:
+        """The policy's conditions for one permission letter (None: that permission reaches nothing)."""
+        if type_ == "Binary":
+            return self._binary(letter)
+        if self.professional is not None:
+            rules = self.professional
+            if letter in "rs":
+                return rules.read(type_)
+            return rules.create(type_) if letter == "c" else rules.change(type_)
+        assert self.patient_side is not None
+        if letter == "d":
+            return self.patient_side.delete(type_)
+        return self.patient_side.read(type_)
+
+    def _binary(self, letter: str) -> Filter | None:
+        """A Binary follows its securityContext: a document the caller may reach with the same permission,
+        or the patient's record itself (professionals: under the record's reach)."""
+        if letter == "c":
+            # A transaction may create the Binary before its DocumentReference: what reads it back is
+            # ruled by the document; an emergency access writes nothing.
+            return None if self.professional is not None and self.professional.mode != codes.NORMAL else ()
+        document = self.constraints("DocumentReference", letter)
+        via_document = Chain("securitycontext", Search("DocumentReference", document))
+        if self.professional is not None:
+            patient = Chain("securitycontext", Search("Patient", self.professional.reach()))
+            return (AnyOf((via_document, patient)),)
+        # Patient side: the scope confinement already keeps their own Binaries; a document context must be
+        # a document they may see.
+        other_context = Not(Entry("securitycontext", value_prefix="DocumentReference/"))
+        return (AnyOf((other_context, via_document)),)
+
+    async def check_write(self, tx: Transaction, version: ResourceVersion) -> None:
+        await writes.check(self, tx, version)
