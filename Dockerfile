@@ -24,6 +24,7 @@ RUN mkdir fhir_server && touch fhir_server/__init__.py \
 # <repo root>/capability/search-parameters-r4.json at run time, relative to the package's own location.
 COPY fhir_server ./fhir_server
 COPY capability ./capability
+COPY profiles ./profiles
 # Editable install on purpose: the package stays in /app/fhir_server (not copied into site-packages), so
 # Path(__file__).parents[2] is /app and /app/capability is found. A regular `pip install .` would put the
 # package in site-packages, where ../capability does not exist.

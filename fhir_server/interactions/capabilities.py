@@ -10,6 +10,7 @@ from ..instant import now_us, to_instant
 from ..search.indexing import WORD_PARAMETERS
 from ..search.registry import parameters_of
 from ..validation import R4_RESOURCE_TYPES
+from ..validation.profiles import supported_profiles
 
 _STARTED = to_instant(now_us())
 _BULK = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
@@ -55,6 +56,7 @@ def _resource(type_: str) -> dict:
     entry = {
         "type": type_,
         "profile": f"http://hl7.org/fhir/StructureDefinition/{type_}",
+        "supportedProfile": supported_profiles(type_),  # this server's own (profiles/), checked by $validate
         "interaction": [{"code": code} for code in _INTERACTIONS],
         "versioning": "versioned-update",
         "readHistory": True,

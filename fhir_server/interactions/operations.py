@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-from ..errors import FhirError, Issue, bad_request, not_found, not_supported
+from ..errors import FhirError, Issue, bad_request, not_found
 from ..fhirjson import dumps, loads
 from ..search.indexing import index_entries
 from ..store import ResourceVersion, Transaction
-from ..validation import validate_resource
+from ..validation import profiles, validate_resource
 from . import crud
 from .context import Context
 
@@ -24,15 +24,21 @@ def parameter(parameters: dict, name: str) -> dict | None:
 # --- $validate ---------------------------------------------------------------------------------------
 
 
-async def validate(ctx: Context, type_: str, id_: str | None, body: object, mode: str | None = None) -> list[Issue]:
-    """The issues found (none: valid). Malformed requests raise; invalid content is reported, not raised."""
-    resource, mode, profile = _validate_request(body, mode)
+async def validate(
+    ctx: Context, type_: str, id_: str | None, body: object, mode: str | None = None, profile: str | None = None
+) -> list[Issue]:
+    """The issues found (none: valid). Malformed requests raise; invalid content is reported, not raised.
+
+    ``profile`` (the ``profile`` query parameter) and a ``profile`` part of a Parameters body name profiles
+    to check besides R4: the R4 base profile of the type or one of this server's (``profiles/``); any other
+    canonical is a 400. The profiles of this server the resource claims in ``meta.profile`` are checked too."""
+    resource, mode, named = _validate_request(body, mode)
     if mode not in (None, *VALIDATION_MODES):
         raise bad_request(f"mode={mode!r}: expected create, update or delete")
     if mode in ("update", "delete") and id_ is None:
         raise bad_request(f"mode={mode} needs the instance-level call [type]/[id]/$validate")
-    if profile and profile != f"http://hl7.org/fhir/StructureDefinition/{type_}":
-        raise not_supported(f"profile {profile!r} is not known to this server (only the R4 base profiles)")
+    named = [p for p in (named, profile) if isinstance(p, str) and p]
+    requested = [profiles.resolve(p, type_) for p in dict.fromkeys(named)]
     ctx.access.require(type_, "d" if mode == "delete" else ("u" if id_ else "c"))
     if id_ is not None and mode != "delete":
         await crud.require_visible(ctx, type_, id_)
@@ -50,6 +56,8 @@ async def validate(ctx: Context, type_: str, id_: str | None, body: object, mode
         validate_resource(resource)
     except FhirError as exc:
         issues += exc.issues
+    if resource.get("resourceType") == type_:
+        issues += profiles.check(resource, [*(p for p in requested if p is not None), *profiles.declared(resource)])
     return issues
 
 

@@ -29,7 +29,8 @@ async def validate_instance(request: Request, type_name: str, resource_id: str) 
 async def _validate(request: Request, type_name: str, id_: str | None) -> Response:
     type_ = resource_type(type_name)
     body = await read_resource(request)
-    issues = await operations.validate(context(request), type_, id_, body, request.query_params.get("mode"))
+    query = request.query_params
+    issues = await operations.validate(context(request), type_, id_, body, query.get("mode"), query.get("profile"))
     if not issues:
         issues = [Issue("informational", "No issues found: the resource is valid", severity="information")]
     # 200 whatever the verdict: the validation itself succeeded; the outcome carries it.
