@@ -296,10 +296,11 @@ def explain(path: Path, shape: Shape, patient: str, repeat: int = 3, budget: flo
     pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k not in ("_count", "_summary")]
     count_only = "_summary=count" in query
     page_size = int(dict(parse_qsl(query)).get("_count", 50))
-    where, args = _match_where(parse(type_, pairs))
-    statements = {"count": (f"SELECT count(*) FROM resource r WHERE {where}", args)}
+    match = _match_where(parse(type_, pairs))
+    where, args = match.sql, match.args
+    statements = {"count": match.statement(f"SELECT count(*) FROM resource r WHERE {where}", args)}
     if not count_only:
-        statements["page"] = (
+        statements["page"] = match.statement(
             "SELECT v.type, v.id, v.version, v.last_updated, v.method, v.body FROM resource r"
             " JOIN resource_version v ON v.type = r.type AND v.id = r.id AND v.version = r.version"
             f" WHERE {where} ORDER BY r.id LIMIT ?",

@@ -105,6 +105,152 @@ def load(args: argparse.Namespace) -> int:
     return run(settings, args.paths, workers=args.load_workers, fail_fast=args.fail_fast)
 
 
+def _matrix_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "matrix",
+        help="show or check the DMP habilitation matrix",
+        description="The habilitation matrix: which document types each profession may consult (docs/policy.md).",
+    )
+    commands = p.add_subparsers(title="matrix commands", metavar="COMMAND")
+    file_help = "matrix file (default: FHIR_SERVER_HABILITATION_MATRIX, else the shipped one)"
+    show = commands.add_parser(
+        "show",
+        help="print the matrix by class, or one profession's types and scope",
+        description="Print the matrix grouped by class, or with --profession the types one profession may and may"
+        " not consult and the SMART granular scope that expresses it.",
+    )
+    show.add_argument("--profession", metavar="CODE", help="a TRE_G15 profession code (a column of the matrix)")
+    show.add_argument("--file", metavar="PATH", help=file_help)
+    show.set_defaults(func=matrix_show)
+    check = commands.add_parser(
+        "check",
+        help="validate a matrix file",
+        description="Validate a matrix file: exit 0 with a summary, or exit 2 with one line per problem.",
+    )
+    check.add_argument("--file", metavar="PATH", help=file_help)
+    check.set_defaults(func=matrix_check)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _matrix_file(args: argparse.Namespace) -> str | None:
+    return args.file or load_settings().habilitation_matrix
+
+
+def matrix_check(args: argparse.Namespace) -> int:
+    from .policy.matrix import UNKNOWN_CLASS, HabilitationMatrix, MatrixError
+
+    try:
+        matrix = HabilitationMatrix.read(_matrix_file(args))
+    except MatrixError as exc:
+        print("\n".join(exc.problems))
+        return 2
+    problems = matrix.check()
+    if problems:
+        print("\n".join(problems))
+        print(f"{len(problems)} problem(s): the server refuses this matrix", file=sys.stderr)
+        return 2
+    stated, chosen = matrix.counts()
+    classes = {r.class_code for r in matrix.rows} - {UNKNOWN_CLASS}
+    unknown = sum(1 for r in matrix.rows if r.class_code == UNKNOWN_CLASS)
+    print(
+        f"ok: {matrix.path}: {len(matrix.rows)} types in {len(classes)} classes x {len(matrix.professions())} "
+        f"professions: {stated} stated cells (Y/N), {chosen} least-privilege cells (y/n); {unknown} types of unknown "
+        f"class and absent types follow class {matrix.most_restricted_class}"
+    )
+    return 0
+
+
+def matrix_show(args: argparse.Namespace) -> int:
+    from .policy.matrix import CLASSES, UNKNOWN_CLASS, HabilitationMatrix, MatrixError
+
+    try:
+        matrix = HabilitationMatrix.load(_matrix_file(args))
+    except MatrixError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        print("fhir-server matrix check lists the problems of a matrix file", file=sys.stderr)
+        return 2
+    restricted = matrix.most_restricted_class
+    restricted_label = f"{restricted} {CLASSES.get(restricted, '')}" if restricted else "none"
+
+    def class_label(code: str) -> str:
+        if code == UNKNOWN_CLASS:
+            return f"? no class maps these types: they follow the most restricted class, {restricted_label}"
+        return f"{code} {CLASSES.get(code, '')}"
+
+    def type_label(row, width: int = 0) -> str:
+        short = (
+            "LOINC"
+            if row.system == "http://loinc.org"
+            else row.system.split("/NOS/", 1)[1].split("-", 1)[0]  # TRE_A05
+            if "/NOS/" in row.system
+            else row.system
+        )
+        text = f"{short} {row.code} {row.display}"
+        return text if not width or len(text) <= width else text[: width - 1] + "…"
+
+    print(f"Habilitation matrix {matrix.path}")
+    if args.profession is not None:
+        return _matrix_show_profession(matrix, args.profession, class_label, type_label, restricted_label)
+    professions = matrix.professions()
+    print("Legend: Y/N allowed/denied as a source states it; y/n allowed/denied by a least-privilege choice (no")
+    print("        source states the cell); the sources of a row's stated cells follow its cells.")
+    print("Professions: " + ", ".join(f"{p} {matrix.profession_label(p)}" for p in professions))
+    for ident, citation in matrix.sources.items():
+        print(f"Source {ident}: {citation}")
+    rule = " ".join(f"{p}:{'Y' if matrix.allows_absent_types(p) else 'N'}" for p in professions)
+    print(f"Types absent from the file follow the most restricted class, {restricted_label}: {rule}")
+    width = 64
+    columns = " ".join(f"{p:>3}" for p in professions)
+    current = None
+    for row in matrix.rows:
+        if row.class_code != current:
+            current = row.class_code
+            print(f"\n{class_label(current)}")
+            print(f"  {'type':<{width}} {columns}")
+        cells = " ".join(f"{c.text[0]:>3}" for c in row.cells)
+        sources = sorted({c.source for c in row.cells if c.source})
+        print(f"  {type_label(row, width):<{width}} {cells}" + (f"   {', '.join(sources)}" if sources else ""))
+    stated, chosen = matrix.counts()
+    print(f"\n{len(matrix.rows)} types x {len(professions)} professions: {stated} stated, {chosen} least-privilege")
+    return 0
+
+
+def _matrix_show_profession(matrix, profession, class_label, type_label, restricted_label) -> int:
+    from .policy.matrix import NoDocumentAccess
+
+    if profession not in matrix.professions():
+        print(f"profession {profession!r} is not in the matrix: it may consult no document type "
+              f"(columns: {', '.join(matrix.professions())})", file=sys.stderr)  # fmt: skip
+        return 2
+    column = matrix.professions().index(profession)
+    allowed = len(matrix.allowed_types(profession))
+    stated, chosen = matrix.counts(profession)
+    print(f"Profession {profession} {matrix.profession_label(profession)}: {allowed} of {len(matrix.rows)} types "
+          f"allowed ({stated} cells stated by a source, Y/N; {chosen} least-privilege choices, y/n)")  # fmt: skip
+    absent = "allowed" if matrix.allows_absent_types(profession) else "denied"
+    print(f"Types absent from the file: {absent} (the rule of the most restricted class, {restricted_label})")
+    for title, wanted in (("Allowed", True), ("Denied", False)):
+        print(f"\n{title}:")
+        current = None
+        for row in matrix.rows:
+            cell = row.cells[column]
+            if cell.allowed != wanted:
+                continue
+            if row.class_code != current:
+                current = row.class_code
+                print(f"  {class_label(current)}")
+            print(f"    {cell.text:<18} {type_label(row)}")
+    try:
+        criteria = matrix.document_criteria(profession)
+    except NoDocumentAccess:
+        print("\nScope: none (no document type allowed)")
+        return 0
+    scope = matrix.document_scope(profession, "user", "rs")
+    form = "every type" if not criteria else "allow-list" if criteria[0][0] == "type" else "deny-list"
+    print(f"\nScope ({form}, {len(scope or '')} characters):\n{scope}")
+    return 0
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
     fields = ("host", "port", "store", "workers", "base_url", "log_level")
     found: dict[str, object] = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
@@ -189,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_parser(sub)
     _reindex_parser(sub)
     _load_parser(sub)
+    _matrix_parser(sub)
     from .auth.cli import add_commands as add_auth_commands  # users, clients, token, launch, keys
 
     add_auth_commands(sub)

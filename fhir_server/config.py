@@ -89,6 +89,11 @@ class Settings(BaseSettings):
     access_token_lifetime: int = Field(300, ge=10, description="Seconds an access token is valid")
     refresh_token_lifetime: int = Field(30 * 24 * 3600, ge=60, description="Seconds an offline refresh token is valid")
     authorization_code_lifetime: int = Field(60, ge=5, description="Seconds an authorization code is valid")
+    habilitation_matrix: str | None = Field(
+        None,
+        description="The DMP habilitation matrix file (TSV, docs/policy.md) replacing the shipped one; check it with "
+        "`fhir-server matrix check`",
+    )
 
     @field_validator("store")
     @classmethod

@@ -27,8 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT.parent / "shared" / "data" / "hl7.fhir.r4.examples-4.0.1.tgz"
 SP = "http://hl7.org/fhir/SearchParameter"
 # The project's own parameters (capability/search-parameters-custom.json): (base, code) → url.
+PROJECT = "https://github.com/fhir-server/fhir-server/SearchParameter/"
 CUSTOM = {
-    ("Binary", "securitycontext"): "https://github.com/fhir-server/fhir-server/SearchParameter/Binary-securitycontext"
+    ("Binary", "securitycontext"): f"{PROJECT}Binary-securitycontext",
+    # the access policy reads authorisations, blocks and administrateurs through them (docs/policy.md)
+    ("Consent", "provision-type"): f"{PROJECT}Consent-provision-type",
+    ("Consent", "actor-role"): f"{PROJECT}Consent-actor-role",
 }
 # What the package holds besides its definitions, read by the tests below.
 BUNDLES = (

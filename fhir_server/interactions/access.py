@@ -125,6 +125,10 @@ class GuardedTransaction(Transaction):
         ) == self.access.lookup_constraints(version.type)
         self._reached.discard(key)  # the write changes what the resource's entries say
         if permission != "c" and not checked and not await reachable(self.inner, self.access, *key, permission):
+            if await within(self.inner, *key, self.access.lookup_constraints(version.type)):
+                # readable, not writable (e.g. a document only its author may change): say so
+                action = "delete" if permission == "d" else "update"
+                raise forbidden(f"The access token does not allow to {action} {version.type}/{version.id}")
             raise not_found(f"{version.type}/{version.id} is not known")
 
     async def _after(self, version: ResourceVersion, permission: str) -> None:

@@ -89,7 +89,10 @@ class ProfessionalRules:
         self.authorised: Condition = AnyOf((self.privileged, authorised))
         if mode != codes.NORMAL:
             purpose = f"{codes.V3_ACT_REASON}|{codes.PURPOSE_OF_MODE[mode]}"
-            self.emergency_refused: Condition = _patient_has(("provision-type", "deny"), ("purpose", purpose))
+            # a refusal of the mode itself; one naming a security label refuses only those documents
+            self.emergency_refused: Condition = _patient_has(
+                ("provision-type", "deny"), ("purpose", purpose), ("security-label:missing", "true")
+            )
             self.masked_refused: Condition = _patient_has(
                 ("provision-type", "deny"), ("purpose", purpose), ("security-label", codes.MASQUE_PS)
             )

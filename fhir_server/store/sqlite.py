@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from .base import (
     HistoryQuery,
@@ -31,6 +31,7 @@ from .query import Condition, Search, SortKey
 from .read_cache import CurrentVersionCache
 from .sqlite_query import (
     VERSION_COLUMNS,
+    Compiler,
     compile_search,
     include_statement,
     keyset_after,
@@ -227,23 +228,35 @@ def _replace_entries(conn: sqlite3.Connection, version: ResourceVersion, entries
     )
 
 
-def _match_where(query: StoreQuery | Search, after: str | None = None, reverse: bool = False) -> tuple[str, list[Any]]:
+class _Where(NamedTuple):
+    """A WHERE clause over ``resource r`` and the WITH clause its chains need (``statement`` joins them)."""
+
+    sql: str
+    args: list[Any]
+    compiler: Compiler
+
+    def statement(self, sql: str, args: list[Any]) -> tuple[str, list[Any]]:
+        return self.compiler.statement(sql, args)
+
+
+def _match_where(query: StoreQuery | Search, after: str | None = None, reverse: bool = False) -> _Where:
     """WHERE clause over ``resource r`` for the live matches of a search (ids after/before ``after``)."""
     search = as_search(query)
-    sql, args = compile_search(search, "r")
+    sql, args, compiler = compile_search(search, "r")
     if after is not None:
         sql += f" AND r.id {'<' if reverse else '>'} ?"
         args.append(after)
-    return f"r.type = ? AND r.deleted = 0 AND {sql}", [search.type, *args]
+    return _Where(f"r.type = ? AND r.deleted = 0 AND {sql}", [search.type, *args], compiler)
 
 
 def _find_ids(conn: sqlite3.Connection, query: StoreQuery | Search, limit: int) -> list[str]:
     if limit <= 0:
         return []
-    sql, args = _match_where(query)
-    return [
-        row[0] for row in conn.execute(f"SELECT r.id FROM resource r WHERE {sql} ORDER BY r.id LIMIT ?", [*args, limit])
-    ]
+    where = _match_where(query)
+    sql, args = where.statement(
+        f"SELECT r.id FROM resource r WHERE {where.sql} ORDER BY r.id LIMIT ?", [*where.args, limit]
+    )
+    return [row[0] for row in conn.execute(sql, args)]
 
 
 def _history_where(query: HistoryQuery) -> tuple[str, list[Any]]:
@@ -360,12 +373,14 @@ class SQLiteStore(Store):
         if limit <= 0:
             return []
         if not sort:  # id order: a plain B-tree walk of the resource table
-            sql, args = _match_where(query, after[0] if after else None, reverse)
+            where = _match_where(query, after[0] if after else None, reverse)
             rows = self._read_conn.execute(
-                f"SELECT {VERSION_COLUMNS} FROM resource r"
-                " JOIN resource_version v ON v.type = r.type AND v.id = r.id AND v.version = r.version"
-                f" WHERE {sql} ORDER BY r.id {'DESC' if reverse else 'ASC'} LIMIT ?",
-                [*args, limit],
+                *where.statement(
+                    f"SELECT {VERSION_COLUMNS} FROM resource r"
+                    " JOIN resource_version v ON v.type = r.type AND v.id = r.id AND v.version = r.version"
+                    f" WHERE {where.sql} ORDER BY r.id {'DESC' if reverse else 'ASC'} LIMIT ?",
+                    [*where.args, limit],
+                )
             )
             return [Match(_row_to_version(row), (row[1],)) for row in rows]
         return self._sorted_page(query, limit, sort, after, reverse)
@@ -378,7 +393,8 @@ class SQLiteStore(Store):
             expression, expression_args = sort_expression(key)
             keys.append(f"{expression} AS k{i}")
             args.extend(expression_args)
-        where, where_args = _match_where(query)
+        match = _match_where(query)
+        where, where_args = match.sql, match.args
         columns = [(f"m.k{i}", key.descending != reverse) for i, key in enumerate(sort)] + [("m.id", reverse)]
         outer, outer_args = keyset_after(columns, after) if after else ("1", [])
         order = ", ".join(f"{c} {'DESC' if d else 'ASC'}" for c, d in columns)
@@ -388,7 +404,7 @@ class SQLiteStore(Store):
             " JOIN resource_version v ON v.type = m.type AND v.id = m.id AND v.version = m.version"
             f" WHERE {outer} ORDER BY {order} LIMIT ?"
         )
-        rows = self._read_conn.execute(sql, [*args, *where_args, *outer_args, limit])
+        rows = self._read_conn.execute(*match.statement(sql, [*args, *where_args, *outer_args, limit]))
         return [Match(_row_to_version(row), (*row[6:], row[1])) for row in rows]
 
     async def include(
@@ -406,8 +422,10 @@ class SQLiteStore(Store):
         return [_row_to_version(row) for row in self._read_conn.execute(sql, args)]
 
     async def count(self, query: StoreQuery | Search) -> int:
-        sql, args = _match_where(query)
-        return self._read_conn.execute(f"SELECT count(*) FROM resource r WHERE {sql}", args).fetchone()[0]
+        where = _match_where(query)
+        return self._read_conn.execute(
+            *where.statement(f"SELECT count(*) FROM resource r WHERE {where.sql}", where.args)
+        ).fetchone()[0]
 
     async def transact(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
         """Group commit: writers that queue up while a batch runs share its COMMIT.

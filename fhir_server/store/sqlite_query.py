@@ -1,8 +1,13 @@
 """Search predicate trees (store.query) → one SQLite statement.
 
 Entry conditions are driven from the ``search_index`` B-tree (``r.id IN (SELECT s.id …)``) rather than
-correlated per row, so a selective parameter never scans the resource table; chains and ``_has`` nest as
+correlated per row, so a selective parameter never scans the resource table; chains and ``_has`` are
 subqueries, so a chained search is one statement whatever the number of matches.
+
+The resources a chain or ``_has`` level selects are common table expressions (``WITH q1 AS (…)``), named
+where they are used (``s.value IN q1``): they are uncorrelated, so SQLite plans them as it would inline
+subqueries, but the statement's syntax stays flat. Nested inline, the access policy's conditions (a Binary
+→ its document → the patient → their Consents) overflowed SQLite's parser stack.
 """
 
 from __future__ import annotations
@@ -18,9 +23,29 @@ VERSION_COLUMNS = "v.type, v.id, v.version, v.last_updated, v.method, v.body"
 
 
 class Compiler:
-    def __init__(self) -> None:
-        self._aliases = itertools.count()
+    def __init__(self, parent: Compiler | None = None) -> None:
+        """``parent``: the compiler of the enclosing statement (aliases and common table expressions shared)."""
+        self._aliases = parent._aliases if parent else itertools.count()
+        self._ctes: list[tuple[str, str, list[Any]]] = parent._ctes if parent else []
         self.args: list[Any] = []
+
+    def _cte(self, body: str, args: list[Any]) -> str:
+        """Name ``body`` as a common table expression of the statement (after the ones it uses)."""
+        name = self._alias("q")
+        self._ctes.append((name, body, args))
+        return name
+
+    def with_clause(self) -> tuple[str, list[Any]]:
+        """``WITH …`` (empty without chains and ``_has``) to put before the statement, and its arguments."""
+        if not self._ctes:
+            return "", []
+        args = [a for _, _, cte_args in self._ctes for a in cte_args]
+        return "WITH " + ", ".join(f"{name} AS ({body})" for name, body, _ in self._ctes) + " ", args
+
+    def statement(self, sql: str, args: list[Any]) -> tuple[str, list[Any]]:
+        """A whole statement using this compiler's conditions: the WITH clause and its arguments first."""
+        prefix, prefix_args = self.with_clause()
+        return prefix + sql, [*prefix_args, *args]
 
     def _alias(self, prefix: str) -> str:
         return f"{prefix}{next(self._aliases)}"
@@ -142,12 +167,15 @@ class Compiler:
 
     def _chain(self, param: str, target: Search, owner: str, owner_type: str) -> str:
         s, t = self._alias("s"), self._alias("t")
-        self.args.extend((owner_type, param, target.type))
-        targets = (
+        level = Compiler(self)
+        level.args.append(target.type)
+        targets = self._cte(
             f"SELECT {t}.type || '/' || {t}.id FROM resource {t}"
-            f" WHERE {t}.type = ? AND {t}.deleted = 0 AND {self.search(target, t)}"
+            f" WHERE {t}.type = ? AND {t}.deleted = 0 AND {level.search(target, t)}",
+            level.args,
         )
-        ids = f"SELECT {s}.id FROM search_index {s} WHERE {s}.type = ? AND {s}.param = ? AND {s}.value IN ({targets})"
+        self.args.extend((owner_type, param))
+        ids = f"SELECT {s}.id FROM search_index {s} WHERE {s}.type = ? AND {s}.param = ? AND {s}.value IN {targets}"
         return f"{owner}.id IN ({ids})"
 
     def _has(self, param: str, source: Search, owner: str, owner_type: str) -> str:
@@ -155,12 +183,16 @@ class Compiler:
         prefix = f"{owner_type}/"
         # Index entries exist only for live versions, so no deleted check is needed on the source.
         # The sources are found first, then their reference entries through the owner index.
-        self.args.extend((len(prefix) + 1, source.type, source.type))
-        sources = f"SELECT {h}.id FROM resource {h} WHERE {h}.type = ? AND {h}.deleted = 0 AND {self.search(source, h)}"
-        self.args.extend((param, prefix, prefix + _MAX_CHAR))
+        level = Compiler(self)
+        level.args.append(source.type)
+        sources = self._cte(
+            f"SELECT {h}.id FROM resource {h} WHERE {h}.type = ? AND {h}.deleted = 0 AND {level.search(source, h)}",
+            level.args,
+        )
+        self.args.extend((len(prefix) + 1, source.type, param, prefix, prefix + _MAX_CHAR))
         refs = (
             f"SELECT substr({s}.value, ?) FROM search_index {s} INDEXED BY search_index_owner"
-            f" WHERE {s}.type = ? AND {s}.id IN ({sources})"
+            f" WHERE {s}.type = ? AND {s}.id IN {sources}"
             f" AND {s}.param = ? AND {s}.value >= ? AND {s}.value < ?"
         )
         return f"{owner}.id IN ({refs})"
@@ -205,11 +237,12 @@ def _rank(cond: Condition) -> int:
     return 8
 
 
-def compile_search(search: Search, owner: str = "r") -> tuple[str, list[Any]]:
-    """WHERE clause (after ``{owner}.type = ? AND {owner}.deleted = 0``) and its arguments."""
+def compile_search(search: Search, owner: str = "r") -> tuple[str, list[Any], Compiler]:
+    """WHERE clause (after ``{owner}.type = ? AND {owner}.deleted = 0``), its arguments, and the compiler
+    whose ``statement()`` puts the WITH clause before the statement using them."""
     compiler = Compiler()
     sql = compiler.search(search, owner)
-    return sql, compiler.args
+    return sql, compiler.args, compiler
 
 
 def sort_expression(key: SortKey) -> tuple[str, list[Any]]:
@@ -267,7 +300,7 @@ def include_statement(
         f"SELECT {VERSION_COLUMNS} FROM ({wanted}) m"
         " CROSS JOIN resource_version v ON v.type = m.t AND v.id = m.i AND v.version = m.n"
     )
-    return sql, compiler.args
+    return compiler.statement(sql, compiler.args)
 
 
 def revinclude_statement(refs: list[str], source: Search, param: str) -> tuple[str, list[Any]]:
@@ -280,4 +313,5 @@ def revinclude_statement(refs: list[str], source: Search, param: str) -> tuple[s
         " WHERE r.type = ? AND r.deleted = 0 AND r.id IN (SELECT s.id FROM search_index s"
         f" WHERE s.type = ? AND s.param = ? AND s.value IN ({', '.join('?' * len(refs))}))"
     )
-    return f"{sql} AND {compiler.search(source, 'r')}", compiler.args
+    sql = f"{sql} AND {compiler.search(source, 'r')}"
+    return compiler.statement(sql, compiler.args)
