@@ -9,7 +9,9 @@ matrix-narrowed document scope, ``access-mode/…``); tests/test_professional_to
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 
 import httpx
@@ -408,3 +410,68 @@ async def test_who_may_write_privacy_consents(client):
     # revoking an authorisation takes effect on the next request, whatever the token says
     assert (await client.delete("/Consent/permit-kine", headers=lea)).status_code == 204
     assert await visible_docs(client, ps_token("kine")) == set()
+
+
+async def exported_ids(client: httpx.AsyncClient, url: str, headers: dict) -> set[str]:
+    kick = await client.get(url, headers={**headers, "Prefer": "respond-async"})
+    assert kick.status_code == 202, kick.text
+    status_url = kick.headers["content-location"].removeprefix(FHIR_BASE)
+    for _ in range(400):
+        status = await client.get(status_url, headers=headers)
+        if status.status_code == 200:
+            break
+        await asyncio.sleep(0.05)
+    assert status.status_code == 200, status.text
+    found = set()
+    for output in status.json()["output"]:
+        text = (await client.get(output["url"].removeprefix(FHIR_BASE), headers=headers)).text
+        found |= {json.loads(line)["id"] for line in text.splitlines()}
+    return found
+
+
+async def test_export_holds_only_what_the_professional_may_see(client, tmp_path):
+    client._transport.app.state.exports.directory = tmp_path  # type: ignore[attr-defined]
+    h = ps_token("dent")
+    visible = await visible_docs(client, h)
+    # nothing of Max or Nina, no psychiatric synthesis, no masked document; of the privacy Consents, only the
+    # one naming the dentist
+    for url in ("/Patient/$export?_type=DocumentReference,Consent", "/$export?_type=DocumentReference,Consent"):
+        assert await exported_ids(client, url, h) == visible | {"permit-dent"}, url
+
+
+async def test_conditional_patch_of_a_document_is_limited_to_status_labels_and_archive(client):
+    med = {**ps_token("med"), "Content-Type": "application/json-patch+json"}
+    url = "/DocumentReference?identifier=urn:ietf:rfc:3986|urn:oid:1.2.3.lea-img"
+    status = [{"op": "replace", "path": "/status", "value": "superseded"}]
+    assert (await client.patch(url, json=status, headers=med)).status_code == 200
+    other = [{"op": "add", "path": "/description", "value": "changed"}]
+    r = await client.patch(url, json=other, headers=med)
+    assert r.status_code == 405 and "description" in r.text
+    archive = [{"op": "add", "path": "/extension", "value": [
+        {"url": "https://github.com/fhir-server/fhir-server/StructureDefinition/mes-document-archived",
+         "valueBoolean": True}]}]  # fmt: skip
+    assert (await client.patch(url, json=archive, headers=med)).status_code == 200
+    foreign = [{"op": "add", "path": "/extension/-", "value": {"url": "https://example.org/x", "valueBoolean": True}}]
+    assert (await client.patch(url, json=foreign, headers=med)).status_code == 405
+    # the same rule as any change: only the author (the médecin traitant sees it, may not change it)
+    gp = {**ps_token("gp"), "Content-Type": "application/json-patch+json"}
+    assert (await client.patch(url, json=status, headers=gp)).status_code in (403, 404)
+
+
+async def test_every_emergency_request_reaches_the_hook_without_logging_the_justification(client, caplog):
+    from fhir_server.policy import emergency
+
+    seen: list[emergency.EmergencyAccess] = []
+    stop = emergency.on_emergency_access(seen.append)
+    try:
+        h = ps_token("stranger", codes.BRIS_DE_GLACE, justification="arrêt cardio-respiratoire au domicile")
+        await client.get("/DocumentReference?subject=Patient/lea", headers=h)
+        await client.get("/Immunization/lea-imm", headers=h)
+        await client.get("/Patient/lea", headers=ps_token("med"))  # normal mode: not reported
+    finally:
+        stop()
+    assert [(e.mode, e.method, e.justification) for e in seen] == [
+        (codes.BRIS_DE_GLACE, "GET", "arrêt cardio-respiratoire au domicile")
+    ] * 2
+    assert seen[0].professional.role == "PractitionerRole/r-stranger"
+    assert "emergency access: mode=bris_de_glace" in caplog.text and "cardio" not in caplog.text

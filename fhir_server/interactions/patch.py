@@ -25,7 +25,16 @@ from decimal import Decimal
 from functools import cache, lru_cache
 from typing import Any
 
-from ..errors import FhirError, bad_request, gone, not_found, precondition_failed, unprocessable, unsupported_media_type
+from ..errors import (
+    FhirError,
+    bad_request,
+    gone,
+    method_not_allowed,
+    not_found,
+    precondition_failed,
+    unprocessable,
+    unsupported_media_type,
+)
 from ..fhirjson import loads
 from ..store import Transaction
 from ..store.query import Search
@@ -121,13 +130,47 @@ async def conditional_patch_in(
     found = await _single_match(tx, query)
     if found is None:
         raise not_found(f"No {type_} matches the conditional patch criteria")
-    return await patch_in(tx, type_, found, patcher, expected)
+    return await patch_in(tx, type_, found, patcher, expected, CONDITIONALLY_PATCHABLE.get(type_))
+
+
+#: What a conditional PATCH may change, per type (PDSm4DMP: a document found by its identifier has its
+#: status, its visibility labels and its archive flag updated, nothing else; anything else is a 405).
+CONDITIONALLY_PATCHABLE: dict[str, frozenset[str]] = {
+    "DocumentReference": frozenset({"status", "securityLabel", "extension"}),
+}
+#: The extensions a conditional PATCH of a document may set or remove (the archive flag): other extensions
+#: stay as they are. The PDSm4DMP extension's canonical is not in the examples this project has, so the
+#: project's own is listed; add the published one here when it is confirmed.
+ARCHIVE_EXTENSIONS = frozenset({"https://github.com/fhir-server/fhir-server/StructureDefinition/mes-document-archived"})
+
+
+def _check_patchable(before: dict, after: dict, allowed: frozenset[str], type_: str) -> None:
+    changed = {k for k in before.keys() | after.keys() if k != "meta" and before.get(k) != after.get(k)}
+    if "extension" in changed and allowed >= {"extension"}:
+        kept = [
+            [e for e in d.get("extension") or () if e.get("url") not in ARCHIVE_EXTENSIONS] for d in (before, after)
+        ]
+        if kept[0] == kept[1]:  # only the archive extension changed
+            changed.discard("extension")
+    refused = sorted(changed - (allowed - {"extension"}))
+    if refused:
+        shown = ", ".join(sorted(allowed - {"extension"}))
+        raise method_not_allowed(
+            f"A conditional PATCH of a {type_} may change only {shown} and the archive extension; "
+            f"this one changes {', '.join(refused)}"
+        )
 
 
 async def patch_in(
-    tx: Transaction, type_: str, id_: str, patcher: Patcher, expected: int | None = None
+    tx: Transaction,
+    type_: str,
+    id_: str,
+    patcher: Patcher,
+    expected: int | None = None,
+    patchable: frozenset[str] | None = None,
 ) -> ResourceResult:
-    """Patch inside a unit of work: read current, apply, validate, write expecting that version."""
+    """Patch inside a unit of work: read current, apply, validate, write expecting that version
+    (``patchable``: the only elements the patch may change, else 405)."""
     current = await tx.read_current(type_, id_)
     if current is None:
         raise not_found(f"{type_}/{id_} is not known")
@@ -144,6 +187,8 @@ async def patch_in(
         raise unprocessable("The patched document is not a JSON object (a FHIR resource)")
     _prune(patched)  # FHIR JSON has no empty objects or arrays: what a patch emptied is gone
     check_unchanged_identity(patched, type_, id_)
+    if patchable is not None:
+        _check_patchable(loads(current.body, max_depth=1 << 20), patched, patchable, type_)
     try:
         validate_resource(patched)
     except FhirError as exc:  # the patch is well-formed, its result is not a valid resource
@@ -233,7 +278,7 @@ def _check_json_patch(operations: object) -> None:
         if not isinstance(op, dict):
             raise bad_request(f"JSON Patch operation {i} is not a JSON object")
         name = op.get("op")
-        if name not in _JSON_PATCH_OPS:
+        if not isinstance(name, str) or name not in _JSON_PATCH_OPS:  # {"op": {}} is unhashable: 400, not 500
             known = ", ".join(_JSON_PATCH_OPS)
             raise bad_request(f"JSON Patch operation {i}: 'op' must be one of {known} (got {name!r})")
         for member in ("path", *_JSON_PATCH_OPS[name]):

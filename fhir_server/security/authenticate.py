@@ -21,7 +21,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import Issue, operation_outcome
 from ..fhirjson import dumps
+from ..policy import emergency
 from ..policy.access import access_for
+from ..policy.codes import NORMAL
 from .access import ScopedAccess
 from .principal import Principal
 
@@ -73,10 +75,16 @@ class Authenticate:
             await _challenge(send, "The request needs an access token: Authorization: Bearer <token>", None)
             return
         try:
-            scope[ACCESS_KEY] = await self._access(verifier, token, scope)
+            scope[ACCESS_KEY] = access = await self._access(verifier, token, scope)
         except InvalidCredentials as exc:
             await _challenge(send, f"The access token is not valid: {exc}", "invalid_token")
             return
+        principal = access.principal
+        if principal.access_mode != NORMAL and principal.professional is not None:
+            emergency.report(
+                emergency.EmergencyAccess(principal.access_mode, principal.justification, principal.professional,
+                                          principal.client_id, principal.token_id, scope["method"], scope["path"])
+            )  # fmt: skip
         await self.app(scope, receive, send)
 
     def forget(self, jti: str) -> None:
