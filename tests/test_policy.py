@@ -475,3 +475,10 @@ async def test_every_emergency_request_reaches_the_hook_without_logging_the_just
     ] * 2
     assert seen[0].professional.role == "PractitionerRole/r-stranger"
     assert "emergency access: mode=bris_de_glace" in caplog.text and "cardio" not in caplog.text
+
+
+async def test_a_document_carries_one_type_coding(client):
+    two = document("two", "lea", (LOINC, "11488-4"), "med")
+    two["type"]["coding"].append({"system": LOINC, "code": "68599-0"})  # an allowed type beside a denied one
+    r = await client.post("/DocumentReference", json=two, headers=ps_token("med"))
+    assert r.status_code == 422 and "one type coding" in r.text

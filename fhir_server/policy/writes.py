@@ -28,8 +28,20 @@ _PATIENT_SIDE = ("Patient/", "RelatedPerson/")
 async def check(access: PolicyAccess, tx: Transaction, version: ResourceVersion) -> None:
     if version.type == "Consent":
         await _consent(access, tx, version)
-    elif version.type == "DocumentReference" and access.patient_side is not None and not version.deleted:
-        await _patient_document_change(tx, version)
+    elif version.type == "DocumentReference" and not version.deleted:
+        _one_type(_body(version))
+        if access.patient_side is not None:
+            await _patient_document_change(tx, version)
+
+
+def _one_type(document: dict | None) -> None:
+    """The habilitation matrix decides by type: a second coding could carry an allowed type past a denied one
+    (the DMP's typeCode is single-valued)."""
+    if document is not None and len((document.get("type") or {}).get("coding") or ()) > 1:
+        raise unprocessable(
+            "A document carries one type coding (DocumentReference.type, JDV_J07): access rules depend on it",
+            expression=("DocumentReference.type",),
+        )
 
 
 # --- Consent ------------------------------------------------------------------------------------------------
