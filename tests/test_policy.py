@@ -482,3 +482,46 @@ async def test_a_document_carries_one_type_coding(client):
     two["type"]["coding"].append({"system": LOINC, "code": "68599-0"})  # an allowed type beside a denied one
     r = await client.post("/DocumentReference", json=two, headers=ps_token("med"))
     assert r.status_code == 422 and "one type coding" in r.text
+
+
+async def test_new_documents_arrive_masked_when_the_patient_says_so(client):
+    lea = token("patient/*.cruds", patient="lea", fhirUser="Patient/lea")
+    setting = consent("mask-new", "lea", "deny", label=codes.MASQUE_PS)
+    assert (await client.put("/Consent/mask-new", json=setting, headers=lea)).status_code == 201
+    r = await client.post(
+        "/DocumentReference", json=document("n1", "lea", (LOINC, "11488-4"), "med"), headers=ps_token("med")
+    )
+    assert r.status_code == 201, r.text
+    new_id = r.json()["id"]
+    assert codes.MASQUE_PS in r.text  # stored (and answered) masked
+    assert new_id not in await visible_docs(client, ps_token("pharma"))
+    assert new_id in await visible_docs(client, ps_token("gp"))
+    # a backend feed's deposits follow the setting too; documents deposited before it are untouched
+    system = token("system/*.cruds")
+    r = await client.post("/DocumentReference", json=document("n2", "lea", (LOINC, "11488-4"), "kine"), headers=system)
+    assert r.status_code == 201 and codes.MASQUE_PS in r.text
+    assert "lea-cr" in await visible_docs(client, ps_token("pharma"))
+    # Max has no such setting
+    r = await client.post("/DocumentReference", json=document("n3", "max", (LOINC, "11488-4"), "med"), headers=system)
+    assert r.status_code == 201 and codes.MASQUE_PS not in r.text
+
+
+async def test_the_patient_masks_every_document_at_once(client):
+    lea = token("patient/*.cruds", patient="lea", fhirUser="Patient/lea")
+    r = await client.post("/Patient/lea/$mask-documents", headers=lea)
+    assert r.status_code == 200, r.text
+    # every document she sees but lea-masked, already masked (not the ones hidden from her)
+    assert "7 document(s) masked" in r.text
+    # what is hidden from her, she cannot mask: its author decides
+    assert await visible_docs(client, ps_token("pharma")) == {"lea-hidden"}
+    assert await visible_docs(client, ps_token("gp")) == LEA_DOCS - {"lea-resid"}
+    unmask = {"resourceType": "Parameters", "parameter": [{"name": "mask", "valueBoolean": False}]}
+    r = await client.post("/Patient/lea/$mask-documents", json=unmask, headers=lea)
+    assert r.status_code == 200 and "8 document(s) unmasked" in r.text  # lea-masked too: her choice
+    assert "lea-masked" in await visible_docs(client, ps_token("pharma"))
+    # not a professional's operation, and nobody else's record
+    assert (await client.post("/Patient/lea/$mask-documents", headers=ps_token("gp"))).status_code == 403
+    r = await client.post("/Patient/max/$mask-documents", headers=lea)
+    assert r.status_code == 200 and "0 document(s)" in r.text
+    max_cr = await client.get("/DocumentReference/max-cr", headers=token("system/*.rs"))
+    assert codes.MASQUE_PS not in max_cr.text  # untouched

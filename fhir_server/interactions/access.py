@@ -44,6 +44,12 @@ class Access:
         """Who owns what this caller starts (an $export job): only they may poll or download it."""
         return ""
 
+    async def prepare_write(
+        self, tx: Transaction, version: ResourceVersion, entries: Sequence[IndexEntry]
+    ) -> tuple[ResourceVersion, Sequence[IndexEntry]]:
+        """The version actually written (the policy layer applies the patient's deposit settings)."""
+        return version, entries
+
     async def check_write(self, tx: Transaction, version: ResourceVersion) -> None:
         """Rules on what a write may contain or change (the policy layer's); raise to refuse it."""
 
@@ -99,12 +105,14 @@ class GuardedTransaction(Transaction):
             query = Search(query.type, query.where + self.access.lookup_constraints(query.type))
         return await self.inner.find_ids(query, limit)
 
-    async def put(self, version: ResourceVersion, entries: Sequence[IndexEntry]) -> None:
+    async def put(self, version: ResourceVersion, entries: Sequence[IndexEntry]) -> ResourceVersion:
         permission = "d" if version.deleted else ("u" if version.version > 1 else "c")
+        version, entries = await self.access.prepare_write(self.inner, version, entries)
         await self._before(version, permission)
         await self.access.check_write(self.inner, version)
         await self.inner.put(version, entries)
         await self._after(version, permission)
+        return version
 
     async def rewrite_body(self, version: ResourceVersion) -> None:
         await self._before(version, "u")

@@ -70,8 +70,8 @@ async def _write(
         return stored
     body = stamp(resource, id_, version, last_updated)
     stored = ResourceVersion(type_, id_, version, last_updated, method, dumps(body))
-    await tx.put(stored, index_entries(body) if prepared is None else restamped(prepared, body))
-    return stored
+    written = await tx.put(stored, index_entries(body) if prepared is None else restamped(prepared, body))
+    return written or stored  # the access guard may have written more (a patient's deposit settings)
 
 
 async def _single_match(tx: Transaction, query: Search) -> str | None:

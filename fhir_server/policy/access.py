@@ -7,13 +7,16 @@ or change is checked on the content (``writes.py``). Tokens without a profession
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ..interactions.access import LOOKUP, NOTHING
+from ..search.indexing import IndexEntry
 from ..security.access import ScopedAccess
 from ..security.principal import Principal
 from ..security.scopes import ScopeGrant
 from ..store import ResourceVersion, Transaction
 from ..store.query import AllOf, AnyOf, Chain, Condition, Entry, Not, Search
-from . import codes, writes
+from . import codes, deposits, writes
 from .rules import DOCUMENT_TYPES, PatientSideRules, ProfessionalRules
 
 Filter = tuple[Condition, ...]
@@ -21,10 +24,22 @@ _PATIENT_SIDE_USERS = ("Patient", "RelatedPerson")
 
 
 def access_for(principal: Principal) -> ScopedAccess:
-    """The access object of a verified token: the policy applies to professionals and the patient side."""
+    """The access object of a verified token: the policy applies to professionals and the patient side;
+    backend services are held to their scopes, and their deposits follow the patient's settings too."""
     if principal.professional is not None or _patient_side(principal):
         return PolicyAccess(principal)
-    return ScopedAccess(principal)
+    return BackendAccess(principal)
+
+
+class _Deposits:
+    async def prepare_write(
+        self, tx: Transaction, version: ResourceVersion, entries: Sequence[IndexEntry]
+    ) -> tuple[ResourceVersion, Sequence[IndexEntry]]:
+        return await deposits.apply_defaults(tx, version, entries)
+
+
+class BackendAccess(_Deposits, ScopedAccess):
+    """A ``system/`` token: its scopes, and the patient's deposit settings on what it writes."""
 
 
 def _patient_side(principal: Principal) -> bool:
@@ -42,7 +57,7 @@ def _own_patient(principal: Principal) -> str | None:
     return None
 
 
-class PolicyAccess(ScopedAccess):
+class PolicyAccess(_Deposits, ScopedAccess):
     def __init__(self, principal: Principal) -> None:
         super().__init__(principal)
         professional = principal.professional

@@ -1,4 +1,5 @@
-"""Operation endpoints: ``$validate``, ``$meta``, ``$meta-add``, ``$meta-delete``, ``Patient/$everything``."""
+"""Operation endpoints: ``$validate``, ``$meta``, ``$meta-add``, ``$meta-delete``, ``Patient/$everything``,
+``Patient/$mask-documents``."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..errors import Issue, operation_outcome
+from ..errors import Issue, bad_request, operation_outcome
 from ..fhirjson import dumps
 from ..interactions import everything as everything_interaction
 from ..interactions import operations
+from ..policy.masking import mask_documents
 from .body import read_resource
 from .responses import base_url, bundle, bundle_entry, fhir_response
 from .routes import context, criteria, resource_type, route
@@ -89,3 +91,23 @@ async def everything(request: Request, resource_id: str) -> Response:
     entries = [{**bundle_entry(base, v), "search": {"mode": "match"}} for v in page.matches]
     entries += [{**bundle_entry(base, v), "search": {"mode": "include"}} for v in page.included]
     return fhir_response(request, bundle("searchset", entries, total=None, links=links))
+
+
+@route("/Patient/{resource_id:id}/$mask-documents", "POST")
+async def mask_all_documents(request: Request, resource_id: str) -> Response:
+    """Body: an optional Parameters with ``mask`` (valueBoolean, default true; false unmasks)."""
+    body = await request.body()
+    mask = True
+    if body.strip():
+        parameters = await read_resource(request)
+        found = operations.parameter(parameters, "mask") if isinstance(parameters, dict) else None
+        if not isinstance(parameters, dict) or parameters.get("resourceType") != "Parameters":
+            raise bad_request("$mask-documents takes a Parameters body (or none)")
+        if found is not None:
+            if not isinstance(found.get("valueBoolean"), bool):
+                raise bad_request("$mask-documents: the 'mask' parameter is a valueBoolean")
+            mask = found["valueBoolean"]
+    changed = await mask_documents(context(request), resource_id, mask)
+    verb = "masked" if mask else "unmasked"
+    issue = Issue("informational", f"{changed} document(s) {verb}", severity="information")
+    return fhir_response(request, dumps(operation_outcome([issue])))

@@ -120,11 +120,13 @@ class Transaction(ABC):
     async def find_ids(self, query: StoreQuery | Search, limit: int) -> list[str]: ...
 
     @abstractmethod
-    async def put(self, version: ResourceVersion, entries: Sequence[IndexEntry]) -> None:
+    async def put(self, version: ResourceVersion, entries: Sequence[IndexEntry]) -> ResourceVersion | None:
         """Store ``version`` as the new current version.
 
         It must be exactly one more than the current version (1 for a new resource), else
-        ``VersionConflict``. A deletion (body None) removes the resource's index entries.
+        ``VersionConflict``. A deletion (body None) removes the resource's index entries. Stores return None;
+        a wrapping transaction that wrote something else (the access guard applying a patient's deposit
+        settings) returns what it wrote.
         """
 
     @abstractmethod
