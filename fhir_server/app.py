@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     # --- SMART authorization server: its endpoints first (/.well-known/…, /auth/…)
     app.state.auth = auth
     if auth is not None:
+        auth.directory = store  # professionals are looked up in the server's own directory data
         app.router.routes.extend(auth_routes())
     # ---
     app.router.routes.extend([*health.routes, *routes.routes, *openapi.routes, routes.INVALID_ID])

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import httpx
+from authlib.oauth2.base import OAuth2Error
 from authlib.oauth2.rfc6749 import InvalidClientError
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from joserfc import jwt
@@ -97,22 +98,8 @@ class PrivateKeyJwtAuthentication(JWTBearerClientAssertion):
         request.client = client
         return self.authenticate_client(client)
 
-    def _keys(self, client: Client, *, force: bool = False) -> KeySet:
-        if client.jwks:
-            return KeySet.import_key_set(client.jwks)
-        if client.jwks_url:
-            return self._jwks.get(client.jwks_url, force=force)
-        raise InvalidClientError(description="The client has no registered keys")
-
     def _verify_signature(self, client: Client, assertion: str, header: dict) -> dict:
-        for force in (False, True):
-            try:
-                return dict(jwt.decode(assertion, self._keys(client, force=force), algorithms=ALGORITHMS).claims)
-            except JoseError as exc:
-                unknown_kid = type(exc).__name__ == "InvalidKeyIdError"
-                if not (unknown_kid and client.jwks_url and not force):
-                    raise InvalidClientError(description="The client assertion signature does not verify") from None
-        raise InvalidClientError(description="The client assertion signature does not verify")  # pragma: no cover
+        return verify_signed_by_client(client, assertion, self._jwks, InvalidClientError, "client assertion")
 
     def _verify_claims(self, client: Client, claims: dict, aud: list[str]) -> None:
         now = time.time()
@@ -135,6 +122,30 @@ class PrivateKeyJwtAuthentication(JWTBearerClientAssertion):
             raise InvalidClientError(description="The client assertion 'jti' is not a string")
         if not self._state.remember_assertion(f"{client.client_id}:{claims['jti']}", exp + LEEWAY, now):
             raise InvalidClientError(description="The client assertion 'jti' was already used")
+
+
+def client_keys(client: Client, jwks: JwksCache, *, force: bool = False) -> KeySet:
+    """The client's registered public keys (by value, or fetched from its JWKS URL)."""
+    if client.jwks:
+        return KeySet.import_key_set(client.jwks)
+    if client.jwks_url:
+        return jwks.get(client.jwks_url, force=force)
+    raise InvalidClientError(description="The client has no registered keys")
+
+
+def verify_signed_by_client(
+    client: Client, token: str, jwks: JwksCache, error: type[OAuth2Error], what: str = "assertion"
+) -> dict:
+    """The claims of a JWT signed (RS384/ES384) by one of the client's keys; ``error`` when it does not verify.
+    An unknown ``kid`` with keys registered by URL fetches the JWKS again once (key rotation)."""
+    for force in (False, True):
+        try:
+            return dict(jwt.decode(token, client_keys(client, jwks, force=force), algorithms=ALGORITHMS).claims)
+        except JoseError as exc:
+            unknown_kid = type(exc).__name__ == "InvalidKeyIdError"
+            if not (unknown_kid and client.jwks_url and not force):
+                raise error(description=f"The {what} signature does not verify") from None
+    raise error(description=f"The {what} signature does not verify")  # pragma: no cover
 
 
 def audiences(request: OAuth2Request) -> list[str]:

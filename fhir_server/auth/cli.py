@@ -7,6 +7,7 @@ and prints its result on stdout (secrets only there, once); messages go to stder
 from __future__ import annotations
 
 import argparse
+import asyncio
 import getpass
 import json
 import sys
@@ -14,7 +15,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import load_settings
+from ..policy.codes import ACCESS_MODES, NORMAL
+from ..policy.professional import UnknownProfessional
+from . import scopes as smart
 from .clients import CLIENT_TYPES, ClientError
+from .directory import ResolvedProfessional, lookup
+from .professional_scopes import (
+    ModeError,
+    ScopeError,
+    check_justification,
+    check_regulation,
+    has_data,
+    professional_token,
+)
 from .server import AuthServer, create_auth_server
 from .totp import provisioning_uri
 from .users import UserError
@@ -99,20 +112,81 @@ def clients_add(auth: AuthServer, args: argparse.Namespace) -> int:
 def token(auth: AuthServer, args: argparse.Namespace) -> int:
     if auth.client(args.client) is None:
         print(f"warning: client {args.client!r} is not registered", file=sys.stderr)
+    if args.ps is None:
+        if args.ps_role or args.access_mode or args.justification is not None:
+            raise ValueError("--ps-role, --access-mode and --justification go with --ps IDNATPS")
+        print(
+            auth.mint_access_token(
+                client_id=args.client,
+                scope=args.scope,
+                sub=args.sub,
+                patient=args.patient,
+                encounter=args.encounter,
+                fhir_user=args.fhir_user,
+                managed_patients=args.managed_patients,
+                audience=args.aud,
+                lifetime=args.lifetime,
+            )
+        )
+        return 0
+    mode = args.access_mode or NORMAL
+    try:
+        justification = check_justification(mode, args.justification)
+        resolved = _resolve_professional(auth, args.ps, args.ps_role)
+        check_regulation(mode, resolved)
+        granted = professional_token(
+            args.scope,
+            resolved,
+            auth.professionals.matrix,
+            lifetime=args.lifetime or auth.settings.access_token_lifetime,
+            mode=mode,
+            justification=justification,
+            contexts=smart.USER_CONTEXTS,  # an operator may mint patient/ scopes with --patient
+        )
+    except (ModeError, ScopeError, UnknownProfessional) as exc:
+        raise ValueError(str(exc)) from None
+    if not has_data(granted.scope):
+        raise ValueError(f"none of the requested data scopes is open to this professional ({args.scope})")
+    professional = resolved.professional
     print(
         auth.mint_access_token(
             client_id=args.client,
-            scope=args.scope,
-            sub=args.sub,
+            scope=granted.scope,
+            sub=args.sub or professional.id_nat_ps,
             patient=args.patient,
             encounter=args.encounter,
-            fhir_user=args.fhir_user,
-            managed_patients=args.managed_patients,
+            fhir_user=args.fhir_user or professional.role or professional.practitioner,
             audience=args.aud,
-            lifetime=args.lifetime,
+            lifetime=granted.lifetime,
+            purpose_of_use=granted.purpose_of_use,
+            extra=granted.extra,
         )
     )
+    print(f"granted scope: {granted.scope}", file=sys.stderr)
     return 0
+
+
+def _resolve_professional(auth: AuthServer, id_nat_ps: str, role: str | None) -> ResolvedProfessional:
+    """The PS from the store's directory data (opened like ``fhir-server reindex`` does)."""
+    from ..store import open_store, sqlite_path
+
+    url = auth.settings.store
+    if url.startswith("sqlite:") and not Path(sqlite_path(url)).is_file():
+        raise ValueError(f"no database at {Path(sqlite_path(url)).resolve()} to look the professional up in")
+    if role is not None and not role.startswith("PractitionerRole/"):
+        raise ValueError("--ps-role must be PractitionerRole/<id>")
+
+    async def main() -> ResolvedProfessional:
+        store = open_store(url, write_concern=auth.settings.mongo_write_concern)
+        async with store:
+            if role is None:
+                return await lookup(store, id_nat_ps=id_nat_ps)
+            return await lookup(store, fhir_user=role)
+
+    resolved = asyncio.run(main())
+    if resolved.professional.id_nat_ps != id_nat_ps:
+        raise ValueError(f"{role} is not a role of the professional {id_nat_ps}")
+    return resolved
 
 
 def launch(auth: AuthServer, args: argparse.Namespace) -> int:
@@ -167,6 +241,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--managed-patient", action="append", dest="managed_patients", metavar="ID")
     p.add_argument("--lifetime", type=int, metavar="S", help="seconds (default: access_token_lifetime)")
     p.add_argument("--aud", metavar="URL", help="FHIR base URL (default: FHIR_SERVER_BASE_URL or http://host:port)")
+    ps = p.add_argument_group(
+        "a health professional's token",
+        "As the RFC 7523 grant of professional software: the PS is looked up in the store, the document scopes are "
+        "narrowed to the habilitation matrix, the granted scope is printed on stderr.",
+    )
+    ps.add_argument("--ps", metavar="IDNATPS", help="the professional's idNatPs (Practitioner.identifier)")
+    ps.add_argument("--ps-role", metavar="PractitionerRole/ID", help="the role, when the PS has several")
+    ps.add_argument("--access-mode", choices=ACCESS_MODES, help="emergency modes read only, for at most an hour")
+    ps.add_argument("--justification", metavar="TEXT", help="why (required for bris_de_glace, refused otherwise)")
     _store(p)
     p.set_defaults(func=_run(token))
 

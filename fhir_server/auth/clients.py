@@ -4,6 +4,9 @@
 - ``confidential``: a server-side app: authorization code (PKCE accepted), refresh; authenticates with a
   client secret (``client_secret_basic``/``_post``) or, when registered with a JWKS, ``private_key_jwt``.
 - ``backend``: SMART Backend Services: ``client_credentials`` only, ``private_key_jwt`` only, system scopes.
+- ``professional-software``: Ségur-certified software acting for a named health professional (PS): the JWT
+  bearer grant of RFC 7523 only (``professional_grant.py``), ``private_key_jwt`` only, ``user/`` scopes and the
+  emergency ``access-mode/…`` scopes it is registered for.
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ from . import scopes as smart
 from .passwords import hash_client_secret, verify_client_secret
 
 PUBLIC, CONFIDENTIAL, BACKEND = "public", "confidential", "backend"
-CLIENT_TYPES = (PUBLIC, CONFIDENTIAL, BACKEND)
+PROFESSIONAL_SOFTWARE = "professional-software"
+CLIENT_TYPES = (PUBLIC, CONFIDENTIAL, BACKEND, PROFESSIONAL_SOFTWARE)
+WITH_KEYS_ONLY = (BACKEND, PROFESSIONAL_SOFTWARE)  # private_key_jwt, no redirect URI
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"  # RFC 7523 §2.1
 PRIVATE_KEY_JWT = "private_key_jwt"
 SECRET_METHODS = ("client_secret_basic", "client_secret_post")
 
@@ -26,6 +32,7 @@ DEFAULT_APP_SCOPE = (
     "openid fhirUser profile launch launch/patient launch/encounter online_access offline_access patient/*.rs user/*.rs"
 )
 DEFAULT_BACKEND_SCOPE = "system/*.rs"
+DEFAULT_PROFESSIONAL_SCOPE = f"openid fhirUser user/*.cruds {' '.join(smart.ACCESS_MODE_SCOPES)}"
 
 
 class ClientError(ValueError):
@@ -56,7 +63,7 @@ class Client(ClientMixin):
 
     @property
     def contexts(self) -> frozenset[str]:
-        return smart.SYSTEM_CONTEXTS if self.type == BACKEND else smart.USER_CONTEXTS
+        return _contexts(self.type)
 
     def allowed_scopes(self, requested: str | None) -> list[str]:
         return smart.allowed(smart.split(requested), self.scope, self.contexts)
@@ -86,12 +93,22 @@ class Client(ClientMixin):
         return method in SECRET_METHODS and self.secret_hash is not None
 
     def check_response_type(self, response_type: str) -> bool:
-        return response_type == "code" and self.type != BACKEND
+        return response_type == "code" and self.type not in WITH_KEYS_ONLY
 
     def check_grant_type(self, grant_type: str) -> bool:
         if self.type == BACKEND:
             return grant_type == "client_credentials"
+        if self.type == PROFESSIONAL_SOFTWARE:
+            return grant_type == JWT_BEARER
         return grant_type in ("authorization_code", "refresh_token")
+
+
+def _contexts(type_: str) -> frozenset[str]:
+    if type_ == BACKEND:
+        return smart.SYSTEM_CONTEXTS
+    if type_ == PROFESSIONAL_SOFTWARE:
+        return smart.PROFESSIONAL_CONTEXTS
+    return smart.USER_CONTEXTS
 
 
 def _check_redirect_uri(uri: str) -> None:
@@ -118,18 +135,20 @@ def new_client(
     redirect_uris = list(redirect_uris or [])
     for uri in redirect_uris:
         _check_redirect_uri(uri)
-    if type_ != BACKEND and not redirect_uris:
+    if type_ not in WITH_KEYS_ONLY and not redirect_uris:
         raise ClientError(f"a {type_} client needs at least one --redirect-uri")
-    if type_ == BACKEND and not (jwks or jwks_url):
-        raise ClientError("a backend client needs its public keys: --jwks FILE or --jwks-url URL")
+    if type_ in WITH_KEYS_ONLY and not (jwks or jwks_url):
+        raise ClientError(f"a {type_} client needs its public keys: --jwks FILE or --jwks-url URL")
     if type_ == PUBLIC and (jwks or jwks_url):
         raise ClientError("a public client has no keys: register it as confidential")
     if jwks is not None and not isinstance(jwks.get("keys"), list):
         raise ClientError("the JWKS must be a JSON object with a 'keys' list")
-    default = DEFAULT_BACKEND_SCOPE if type_ == BACKEND else DEFAULT_APP_SCOPE
-    registered = smart.split(scope or default)
-    contexts = smart.SYSTEM_CONTEXTS if type_ == BACKEND else smart.USER_CONTEXTS
+    default = {BACKEND: DEFAULT_BACKEND_SCOPE, PROFESSIONAL_SOFTWARE: DEFAULT_PROFESSIONAL_SCOPE}
+    registered = smart.split(scope or default.get(type_, DEFAULT_APP_SCOPE))
+    contexts = _contexts(type_)
     unusable = [s for s in registered if s not in smart.allowed([s], [s], contexts)]
+    if type_ != PROFESSIONAL_SOFTWARE:  # emergency access modes are for professionals' software only
+        unusable += [s for s in registered if s in smart.ACCESS_MODE_SCOPES]
     if unusable:
         raise ClientError(f"scopes a {type_} client cannot use: {' '.join(unusable)}")
     secret = secrets.token_urlsafe(32) if type_ == CONFIDENTIAL and not (jwks or jwks_url) else None

@@ -6,11 +6,12 @@ Every URL hangs off the FHIR base URL (``[base]/auth/…``), which is also the t
 from __future__ import annotations
 
 from . import scopes as smart
+from .clients import JWT_BEARER
 from .keys import ALG
 
 AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
 ASSERTION_ALGORITHMS = ["RS384", "ES384"]
-GRANT_TYPES = ["authorization_code", "refresh_token", "client_credentials"]
+GRANT_TYPES = ["authorization_code", "refresh_token", "client_credentials", JWT_BEARER]
 CAPABILITIES = [
     "launch-ehr",
     "launch-standalone",
@@ -120,5 +121,9 @@ def security_element(base: str) -> dict:
                 "text": "OAuth2 using SMART-on-FHIR profile (see http://docs.smarthealthit.org)",
             }
         ],
-        "description": f"SMART App Launch 2.2: see {base}/.well-known/smart-configuration",
+        "description": f"SMART App Launch 2.2: see {base}/.well-known/smart-configuration. Health professionals' "
+        f"software acts for a named professional with the JWT bearer grant (RFC 7523, {JWT_BEARER}); its tokens "
+        "carry document scopes narrowed to the DMP habilitation matrix. Emergency access: request the scope "
+        f"{' or '.join(smart.ACCESS_MODE_SCOPES)} with the data scopes (reads only, at most one hour; bris de glace "
+        "needs a justification, centre_15 the regulation role).",
     }

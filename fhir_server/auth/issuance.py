@@ -5,10 +5,15 @@ rotated at every use (the old one is marked used; presenting it again revokes th
 ``offline_access`` → valid ``refresh_token_lifetime`` seconds from each rotation (sliding);
 ``online_access`` → valid as long as the browser login session that approved it (8 h at most,
 ended by logging out), and never longer than ``refresh_token_lifetime``.
+
+Health professionals (``professional_scopes``): a user whose fhirUser is a Practitioner or PractitionerRole gets,
+at every issue (code, refresh), the granted scopes narrowed to the habilitation matrix for the profession the
+directory gives, and the ``ps`` claim; professional software gets ``issue_professional`` (RFC 7523 grant).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from collections.abc import Callable
@@ -17,9 +22,12 @@ from dataclasses import dataclass
 from authlib.oidc.core.grants.util import create_half_hash
 
 from ..config import Settings
+from ..policy.professional import UnknownProfessional
 from . import scopes as smart
 from .clients import Client
+from .directory import Professionals, ResolvedProfessional, is_professional_user
 from .keys import ALG, KeyRing
+from .professional_scopes import ProfessionalToken, professional_token
 from .state import SESSION, AuthState, secret_id
 from .subject import Subject
 from .tokens import LEEWAY, AccessTokenRequest, InvalidToken, mint_access_token, mint_id_token, verify_access_token
@@ -29,12 +37,18 @@ ID_TOKEN_LIFETIME = 3600
 
 class TokenIssuer:
     def __init__(
-        self, settings: Settings, state: AuthState, keys: KeyRing, notify: Callable[[list[str]], None] | None = None
+        self,
+        settings: Settings,
+        state: AuthState,
+        keys: KeyRing,
+        notify: Callable[[list[str]], None] | None = None,
+        professionals: Professionals | None = None,
     ) -> None:
         self.settings = settings
         self.state = state
         self.keys = keys
         self._notify = notify or (lambda jtis: None)  # tells the resource server's cache at once
+        self.professionals = professionals or Professionals(settings)
 
     def revoke_access_token(self, jti: str, exp: float) -> None:
         self.state.revoke_access_token(jti, exp + LEEWAY)
@@ -50,6 +64,12 @@ class TokenIssuer:
         self.keys.reload_if_stale(now)
         lifetime = self.settings.access_token_lifetime
         request = _access_token_request(base, client, subject, scope, lifetime)
+        if subject is not None and is_professional_user(subject.fhir_user):
+            professional = self._professional_user(subject.fhir_user, scope)
+            scope = professional.scope
+            request = dataclasses.replace(
+                request, scope=scope, purpose_of_use=professional.purpose_of_use, extra=professional.extra
+            )
         token, claims = mint_access_token(self.keys, request, now)
         body: dict = {"access_token": token, "token_type": "Bearer", "expires_in": lifetime, "scope": scope}
         if subject is None:
@@ -64,6 +84,43 @@ class TokenIssuer:
         if refresh_token:
             body["refresh_token"] = refresh_token
         return body
+
+    def _professional_user(self, fhir_user: str | None, scope: str) -> ProfessionalToken:
+        """A professional user's scopes narrowed to the matrix (code and refresh grants). A fhirUser the directory
+        does not know (or with several roles) is no error: such a user just gets no document scope."""
+        try:
+            resolved: ResolvedProfessional | None = self.professionals.resolve(fhir_user=fhir_user)
+        except UnknownProfessional:
+            resolved = None
+        return professional_token(
+            scope,
+            resolved,
+            self.professionals.matrix,
+            lifetime=self.settings.access_token_lifetime,
+            contexts=smart.USER_CONTEXTS,  # an app launched with a patient in context keeps its patient/ scopes
+        )
+
+    def issue_professional(
+        self, *, base: str, client: Client, resolved: ResolvedProfessional, token: ProfessionalToken
+    ) -> dict:
+        """The token endpoint's body for professional software (RFC 7523 grant): no refresh token, ``sub`` the
+        idNatPs, ``fhirUser`` the PractitionerRole."""
+        now = time.time()
+        self.keys.reload_if_stale(now)
+        professional = resolved.professional
+        request = AccessTokenRequest(
+            client_id=client.client_id,
+            scope=token.scope,
+            sub=professional.id_nat_ps,
+            audience=base,
+            lifetime=token.lifetime,
+            fhir_user=professional.role or professional.practitioner,
+            purpose_of_use=token.purpose_of_use,
+            extra=token.extra,
+        )
+        access_token, _ = mint_access_token(self.keys, request, now)
+        body = {"access_token": access_token, "token_type": "Bearer", "expires_in": token.lifetime}
+        return {**body, "scope": token.scope}
 
     def _refresh_token(self, client: Client, subject: Subject, now: float) -> str | None:
         granted = smart.split(subject.scope)
@@ -155,8 +212,9 @@ class AccessTokenInfo:
 
     def introspection(self) -> dict:
         names = ("scope", "client_id", "sub", "exp", "iat", "iss", "aud", "jti", "patient", "encounter", "fhirUser")
+        extra = ("managed_patients", "ps", "purpose_of_use", "justification")
         body = {"active": True, "token_type": "Bearer"}
-        body.update({k: self.claims[k] for k in (*names, "managed_patients") if k in self.claims})
+        body.update({k: self.claims[k] for k in (*names, *extra) if k in self.claims})
         return body
 
     def revoke(self) -> None:

@@ -31,6 +31,7 @@ from . import scopes as smart
 from .assertions import JwksCache, PrivateKeyJwtAuthentication
 from .clients import PUBLIC, Client
 from .issuance import AccessTokenInfo, RefreshTokenInfo, TokenIssuer
+from .professional_grant import ProfessionalJwtBearerGrant
 from .state import CODE, LAUNCH, SESSION, AuthState, secret_id
 from .subject import Subject
 
@@ -324,9 +325,12 @@ class SmartAuthorizationServer(AuthorizationServer):
         self.settings = settings
         self.state = state
         self.issuer = issuer
+        self.jwks = jwks
+        self.professionals = issuer.professionals
         self.register_grant(SmartCodeGrant, [SmartCodeChallenge(required=True), SmartOpenIDCode(issuer)])
         self.register_grant(SmartRefreshGrant)
         self.register_grant(SmartClientCredentialsGrant)
+        self.register_grant(ProfessionalJwtBearerGrant)
         self.register_client_auth_method("private_key_jwt", PrivateKeyJwtAuthentication(state, jwks))
         self.register_endpoint(SmartIntrospection)
         self.register_endpoint(SmartRevocation)

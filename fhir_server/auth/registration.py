@@ -5,8 +5,8 @@ token* (RFC 7591 §3), i.e. an access token of this server carrying the ``client
 which only an operator mints (``fhir-server token --client <admin> --scope client-registration``).
 Client metadata map onto the three client types of ``fhir-server clients add``:
 ``token_endpoint_auth_method`` none → public; client_secret_basic/_post → confidential (a secret is
-generated); private_key_jwt → backend when ``grant_types`` has client_credentials, else confidential
-with keys.
+generated); private_key_jwt → backend when ``grant_types`` has client_credentials, professional software when it
+has the RFC 7523 JWT bearer grant, else confidential with keys.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import secrets
 import time
 
-from .clients import BACKEND, CONFIDENTIAL, PUBLIC, ClientError
+from .clients import BACKEND, CONFIDENTIAL, JWT_BEARER, PROFESSIONAL_SOFTWARE, PUBLIC, ClientError
 
 REGISTRATION_SCOPE = "client-registration"
 _METHODS = {"none": PUBLIC, "client_secret_basic": CONFIDENTIAL, "client_secret_post": CONFIDENTIAL}
@@ -36,8 +36,12 @@ def registration_options(metadata: object) -> tuple[str, dict]:
     grants = metadata.get("grant_types") or ["authorization_code"]
     if not isinstance(grants, list) or not all(isinstance(g, str) for g in grants):
         raise RegistrationError("invalid_client_metadata", "grant_types must be a list of strings")
+    if method == "private_key_jwt" and "client_credentials" in grants and JWT_BEARER in grants:
+        raise RegistrationError("invalid_client_metadata", "client_credentials and the JWT bearer grant are two "
+                                "different clients: register them apart")  # fmt: skip
     if method == "private_key_jwt":
         type_ = BACKEND if "client_credentials" in grants else CONFIDENTIAL
+        type_ = PROFESSIONAL_SOFTWARE if JWT_BEARER in grants else type_
     elif method in _METHODS:
         type_ = _METHODS[method]
     else:

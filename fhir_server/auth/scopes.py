@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from ..policy.codes import BRIS_DE_GLACE, CENTRE_15
+from ..security.principal import ACCESS_MODE_SCOPE
 from ..security.scopes import parse_scope
 
 OPENID, FHIR_USER, PROFILE = "openid", "fhirUser", "profile"
@@ -25,6 +27,11 @@ MANDATORY = frozenset({OPENID, FHIR_USER, PROFILE, LAUNCH, LAUNCH_PATIENT, LAUNC
 
 USER_CONTEXTS = frozenset({"patient", "user"})  # what an app used by a person may get
 SYSTEM_CONTEXTS = frozenset({"system"})  # what a backend service may get
+PROFESSIONAL_CONTEXTS = frozenset({"user"})  # what professional software acting for a named PS may get
+
+#: The emergency access modes (TRE_R248) a professional asks for with their data scopes (security.principal reads
+#: them back); only clients registered as professional software may request them (docs/auth.md).
+ACCESS_MODE_SCOPES = (f"{ACCESS_MODE_SCOPE}{CENTRE_15}", f"{ACCESS_MODE_SCOPE}{BRIS_DE_GLACE}")
 
 # One grammar for the authorization server and the resource server (security.scopes).
 parse_clinical = parse_scope
@@ -47,6 +54,10 @@ def allowed(requested: Iterable[str], registered: Iterable[str], contexts: froze
     for scope in requested:
         if scope in IDENTITY:
             if scope in registered and (contexts & USER_CONTEXTS):
+                kept.append(scope)
+            continue
+        if scope in ACCESS_MODE_SCOPES:
+            if scope in registered and "user" in contexts:
                 kept.append(scope)
             continue
         wanted = parse_clinical(scope)
@@ -79,4 +90,5 @@ SUPPORTED = [
     "patient/*.read",
     "user/*.read",
     "system/*.read",
+    *ACCESS_MODE_SCOPES,
 ]

@@ -12,13 +12,14 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 
 from ..config import Settings
 from .assertions import JwksCache
 from .clients import Client, new_client
+from .directory import Professionals
 from .issuance import ID_TOKEN_LIFETIME, TokenIssuer
 from .keys import RELOAD_INTERVAL, KeyRing
 from .oauth import SmartAuthorizationServer
@@ -27,6 +28,9 @@ from .throttle import LoginThrottle
 from .tokens import LEEWAY, AccessTokenRequest, mint_access_token
 from .tokens import verify_access_token as _verify
 from .users import User, new_user
+
+if TYPE_CHECKING:
+    from ..store import Store
 
 log = logging.getLogger("fhir_server.auth")
 
@@ -48,6 +52,16 @@ class AuthServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._revocation_listeners: list[Callable[[str], None]] = []
         self.jwks_cache = JwksCache()
+        self.professionals = Professionals(settings)
+
+    @property
+    def directory(self) -> Store | None:
+        """The FHIR store professionals are looked up in (the app sets it after creating the store)."""
+        return self.professionals.store
+
+    @directory.setter
+    def directory(self, store: Store | None) -> None:
+        self.professionals.store = store
 
     # --- lifecycle --------------------------------------------------------------------------------
     def start_sync(self, *, create: bool = True) -> None:
@@ -63,7 +77,7 @@ class AuthServer:
         keys = KeyRing(state, retention)
         keys.load()
         self._state, self._keys = state, keys
-        self._issuer = TokenIssuer(self.settings, state, keys, self._revoked)
+        self._issuer = TokenIssuer(self.settings, state, keys, self._revoked, self.professionals)
         self._oauth = SmartAuthorizationServer(self.settings, state, self._issuer, self.jwks_cache)
         self._throttle = LoginThrottle(state)
 
@@ -75,6 +89,7 @@ class AuthServer:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await run_in_threadpool(self.start_sync)
+        self.professionals.matrix  # noqa: B018 (load it now: a broken operator's matrix fails the start, not a token)
         self._housekeeping = asyncio.create_task(self._housekeep(), name="auth-housekeeping")
 
     async def close(self) -> None:
@@ -160,6 +175,7 @@ class AuthServer:
         audience: str | None = None,
         lifetime: int | None = None,
         purpose_of_use: str | None = None,
+        extra: dict | None = None,
     ) -> str:
         """Sign an access token directly (``fhir-server token``, tests): no client or user check."""
         request = AccessTokenRequest(
@@ -173,6 +189,7 @@ class AuthServer:
             fhir_user=fhir_user,
             managed_patients=managed_patients,
             purpose_of_use=purpose_of_use,
+            extra=extra or {},
         )
         self.keys.reload_if_stale()
         return mint_access_token(self.keys, request)[0]
