@@ -251,6 +251,49 @@ def _matrix_show_profession(matrix, profession, class_label, type_label, restric
     return 0
 
 
+def _audit_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "audit", help="the audit trail (retention purge)", description="The audit trail (docs/audit.md)."
+    )
+    commands = p.add_subparsers(title="audit commands", metavar="COMMAND")
+    purge = commands.add_parser(
+        "purge",
+        help="remove the AuditEvents recorded before a date (traced)",
+        description="Remove every version and index entry of the AuditEvents recorded before DATE (AuditEvent."
+        "recorded), then record the purge itself as an AuditEvent naming the OS account that ran it.",
+    )
+    purge.add_argument("--before", required=True, metavar="DATE", help="a FHIR date or dateTime, e.g. 2024-01-01")
+    purge.add_argument("--store", help="store URL (default sqlite:///./data/fhir.db; env FHIR_SERVER_STORE)")
+    purge.add_argument(
+        "--base-url", help="this server's public base URL, named in the trace (env FHIR_SERVER_BASE_URL)"
+    )
+    purge.set_defaults(func=audit_purge)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def audit_purge(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .audit.purge import PurgeRefused, purge_before
+    from .store import open_store
+
+    settings = load_settings(**_overrides(args))
+    require_store(settings.store)
+    base = settings.base_url or f"http://{settings.host}:{settings.port}"
+
+    async def main():
+        async with open_store(settings.store, write_concern=settings.mongo_write_concern) as store:
+            return await purge_before(store, args.before, base=base)
+
+    try:
+        result = asyncio.run(main())
+    except PurgeRefused as exc:
+        print(f"fhir-server audit purge: {exc}", file=sys.stderr)
+        return 2
+    print(f"purged {result.purged} AuditEvent(s) recorded before {args.before}; traced as AuditEvent/{result.trace_id}")
+    return 0
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
     fields = ("host", "port", "store", "workers", "base_url", "log_level")
     found: dict[str, object] = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
@@ -336,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     _reindex_parser(sub)
     _load_parser(sub)
     _matrix_parser(sub)
+    _audit_parser(sub)
     from .auth.cli import add_commands as add_auth_commands  # users, clients, token, launch, keys
 
     add_auth_commands(sub)

@@ -33,6 +33,7 @@ CUSTOM = {
     # the access policy reads authorisations, blocks and administrateurs through them (docs/policy.md)
     ("Consent", "provision-type"): f"{PROJECT}Consent-provision-type",
     ("Consent", "actor-role"): f"{PROJECT}Consent-actor-role",
+    ("AuditEvent", "purpose"): f"{PROJECT}AuditEvent-purpose",  # R5's; the access mode of an event (docs/audit.md)
 }
 # What the package holds besides its definitions, read by the tests below.
 BUNDLES = (

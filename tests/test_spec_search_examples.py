@@ -1013,9 +1013,8 @@ async def test_has_nested(reverse):
                 "recorded": "2020-01-01T00:00:00Z", "agent": [{"requestor": True, "altId": user}],
                 "source": {"observer": ref("Device/1")}, "entity": [{"what": ref(entity)}]}  # fmt: skip
 
-    await put(
-        reverse, audit("by-me", "MyUserId", "Observation/c-456"), audit("by-other", "Other", "Observation/a-1234")
-    )
+    for event in (audit("by-me", "MyUserId", "Observation/c-456"), audit("by-other", "Other", "Observation/a-1234")):
+        assert (await reverse.post("/AuditEvent", json=event)).status_code == 201  # immutable: created, never PUT
     assert await matches(reverse, "/Patient?_has:Observation:patient:_has:AuditEvent:entity:altid=MyUserId") == {"c"}
 
 

@@ -11,6 +11,7 @@ from ..search.indexing import WORD_PARAMETERS
 from ..search.registry import parameters_of
 from ..validation import R4_RESOURCE_TYPES
 from ..validation.profiles import supported_profiles
+from .crud import IMMUTABLE_TYPES
 
 _STARTED = to_instant(now_us())
 _BULK = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
@@ -53,18 +54,19 @@ def _resource(type_: str) -> dict:
     parameters = sorted((c, d) for c, d in parameters_of(type_).items() if _searchable(c, d))
     search = [{"name": code, "definition": d["url"], "type": d["type"]} for code, d in parameters]
     includes = [f"{type_}:{code}" for code, d in parameters if d["type"] == "reference"]
+    immutable = type_ in IMMUTABLE_TYPES  # created, never changed (AuditEvent: docs/audit.md)
     entry = {
         "type": type_,
         "profile": f"http://hl7.org/fhir/StructureDefinition/{type_}",
         "supportedProfile": supported_profiles(type_),  # this server's own (profiles/), checked by $validate
-        "interaction": [{"code": code} for code in _INTERACTIONS],
+        "interaction": [{"code": c} for c in _INTERACTIONS if not (immutable and c in ("update", "patch", "delete"))],
         "versioning": "versioned-update",
         "readHistory": True,
-        "updateCreate": True,
+        "updateCreate": not immutable,
         "conditionalCreate": True,
         "conditionalRead": "full-support",
-        "conditionalUpdate": True,
-        "conditionalDelete": "multiple",
+        "conditionalUpdate": not immutable,
+        "conditionalDelete": "not-supported" if immutable else "multiple",
         "searchInclude": [*includes, f"{type_}:*"] if includes else [],
         "searchRevInclude": _revincludes().get(type_, []),
         "searchParam": search,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import bad_request, conflict, gone, not_found, precondition_failed
+from ..errors import bad_request, conflict, gone, method_not_allowed, not_found, precondition_failed
 from ..fhirjson import dumps
 from ..instant import new_id, now_us, to_instant
 from ..search.criteria import parse_criteria, parse_criteria_string
@@ -14,6 +14,17 @@ from .context import Context, ResourceResult
 
 # Conditional delete of more matches than this is refused (412) rather than run unbounded.
 MAX_CONDITIONAL_DELETE = 1000
+#: Types whose resources, once written, never change: update (PUT, update-as-create included), PATCH and
+#: delete answer 405 for everyone, on every path (REST, conditional, Bundle entries); only creates remain.
+#: Old AuditEvents go only through the operator's retention purge (``fhir-server audit purge``, docs/audit.md).
+IMMUTABLE_TYPES = frozenset({"AuditEvent"})
+
+
+def refuse_immutable(type_: str, interaction: str) -> None:
+    """405 if ``type_`` is immutable (called first by every update, patch and delete path: no lookup, no
+    validation, no scope check can answer differently)."""
+    if type_ in IMMUTABLE_TYPES:
+        raise method_not_allowed(f"{type_} resources are immutable: {interaction} is not allowed (only create)")
 
 
 def check_resource_type(resource: object, type_: str) -> dict:
@@ -62,6 +73,8 @@ async def _write(
 ) -> ResourceVersion:
     """``prepared``: the index entries of ``resource`` as sent (computed with its validation, off the event
     loop): only ``_lastUpdated`` depends on what the server stamps."""
+    if method != "POST":
+        refuse_immutable(type_, method)
     version = (current.version if current else 0) + 1
     last_updated = _next_time(current)
     if resource is None:
@@ -177,6 +190,7 @@ def _deleted_headers(version: ResourceVersion) -> dict[str, str]:
 
 
 async def update(ctx: Context, type_: str, id_: str, resource: object, if_match: str | None = None) -> ResourceResult:
+    refuse_immutable(type_, "update")
     resource = check_resource_type(resource, type_)
     body_id = resource.get("id")
     if body_id is None:
@@ -200,6 +214,7 @@ async def update_in(
     expected: int | None,
     entries: list[IndexEntry] | None = None,
 ) -> ResourceResult:
+    refuse_immutable(type_, "update")
     current = await tx.read_current(type_, id_)
     if expected is not None and (current is None or current.deleted or current.version != expected):
         have = "no current version" if current is None or current.deleted else f"version {current.version}"
@@ -211,6 +226,7 @@ async def update_in(
 async def conditional_update(
     ctx: Context, type_: str, criteria: list[tuple[str, str]], resource: object
 ) -> ResourceResult:
+    refuse_immutable(type_, "update")
     resource = check_resource_type(resource, type_)
     await ctx.validator.validate(resource)
     query = _criteria(type_, criteria)
@@ -222,6 +238,7 @@ async def conditional_update(
 
 
 async def conditional_update_in(tx: Transaction, type_: str, query: Search, resource: dict) -> ResourceResult:
+    refuse_immutable(type_, "update")
     body_id = resource.get("id")
     found = await _single_match(tx, query)
     if found is None:
@@ -237,6 +254,7 @@ async def conditional_update_in(tx: Transaction, type_: str, query: Search, reso
 
 async def delete(ctx: Context, type_: str, id_: str, if_match: str | None = None) -> ResourceVersion | None:
     """Delete; returns the deletion version, or None when there was nothing live to delete."""
+    refuse_immutable(type_, "delete")
     expected = _parse_etag(if_match) if if_match else None
 
     async def work(tx: Transaction) -> ResourceVersion | None:
@@ -246,6 +264,7 @@ async def delete(ctx: Context, type_: str, id_: str, if_match: str | None = None
 
 
 async def delete_in(tx: Transaction, type_: str, id_: str, expected: int | None = None) -> ResourceVersion | None:
+    refuse_immutable(type_, "delete")
     current = await tx.read_current(type_, id_)
     if expected is not None and (current is None or current.deleted or current.version != expected):
         raise precondition_failed(f"If-Match expects version {expected} of {type_}/{id_}")
@@ -256,6 +275,7 @@ async def delete_in(tx: Transaction, type_: str, id_: str, expected: int | None 
 
 async def conditional_delete(ctx: Context, type_: str, criteria: list[tuple[str, str]]) -> list[ResourceVersion]:
     """Delete every match (conditionalDelete = multiple), all in one atomic unit."""
+    refuse_immutable(type_, "delete")
     query = _criteria(type_, criteria)
 
     async def work(tx: Transaction) -> list[ResourceVersion]:
@@ -265,6 +285,7 @@ async def conditional_delete(ctx: Context, type_: str, criteria: list[tuple[str,
 
 
 async def conditional_delete_in(tx: Transaction, type_: str, query: Search) -> list[ResourceVersion]:
+    refuse_immutable(type_, "delete")
     ids = await tx.find_ids(query, MAX_CONDITIONAL_DELETE + 1)
     if len(ids) > MAX_CONDITIONAL_DELETE:
         raise precondition_failed(f"The criteria match more than {MAX_CONDITIONAL_DELETE} resources")

@@ -90,6 +90,7 @@ async def change_meta(
     ctx: Context, type_: str, id_: str, body: object, *, add: bool, version_id: str | None = None
 ) -> dict:
     """``$meta-add`` / ``$meta-delete``: change profiles, tags and security labels without a new version."""
+    crud.refuse_immutable(type_, "$meta-add" if add else "$meta-delete")
     change = _meta_parameter(body)
 
     async def work(tx: Transaction) -> dict:

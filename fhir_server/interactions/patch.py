@@ -48,6 +48,7 @@ from .crud import (
     _transact,
     _write,
     check_resource_type,
+    refuse_immutable,
 )
 
 JSON_PATCH = "application/json-patch+json"
@@ -94,6 +95,7 @@ async def patch(
     ctx: Context, type_: str, id_: str, body: bytes, content_type: str | None, if_match: str | None = None
 ) -> ResourceResult:
     """``PATCH [base]/[type]/[id]``: 404 if unknown, 410 if deleted, 412 if If-Match names another version."""
+    refuse_immutable(type_, "patch")
     patcher = parse_patch(body, content_type, ctx.settings.max_json_depth)
     expected = _parse_etag(if_match) if if_match else None
 
@@ -112,6 +114,7 @@ async def conditional_patch(
     if_match: str | None = None,
 ) -> ResourceResult:
     """``PATCH [base]/[type]?criteria``: the one match is patched; no match 404, several 412."""
+    refuse_immutable(type_, "patch")
     if not criteria:
         raise bad_request("A conditional patch needs search criteria in the URL")
     patcher = parse_patch(body, content_type, ctx.settings.max_json_depth)
@@ -127,6 +130,7 @@ async def conditional_patch(
 async def conditional_patch_in(
     tx: Transaction, type_: str, query: Search, patcher: Patcher, expected: int | None = None
 ) -> ResourceResult:
+    refuse_immutable(type_, "patch")
     found = await _single_match(tx, query)
     if found is None:
         raise not_found(f"No {type_} matches the conditional patch criteria")
@@ -171,6 +175,7 @@ async def patch_in(
 ) -> ResourceResult:
     """Patch inside a unit of work: read current, apply, validate, write expecting that version
     (``patchable``: the only elements the patch may change, else 405)."""
+    refuse_immutable(type_, "patch")
     current = await tx.read_current(type_, id_)
     if current is None:
         raise not_found(f"{type_}/{id_} is not known")

@@ -141,6 +141,13 @@ class Transaction(ABC):
         ``VersionConflict`` if ``version`` is no longer the current, live version.
         """
 
+    async def purge(self, type_: str, ids: Sequence[str]) -> int:
+        """Remove every trace of these resources: all their versions, their current pointer and their index
+        entries, as if they had never been written (the audit retention purge, ``fhir-server audit purge``;
+        no interaction reaches it). Returns how many of ``ids`` existed. Not available through a wrapping
+        transaction (the access guard): only the store's own."""
+        raise NotImplementedError(f"{type(self).__name__} cannot purge")
+
 
 class VersionConflict(Exception):
     """Another writer changed the resource between read and write."""
@@ -218,6 +225,10 @@ class Store(ABC):
     @abstractmethod
     async def transact(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
         """Run ``work`` atomically; retried on transient write conflicts; all or nothing."""
+
+    async def purge(self, type_: str, ids: Sequence[str]) -> int:
+        """``Transaction.purge`` in a unit of work of its own (all of ``ids`` or nothing)."""
+        return await self.transact(lambda tx: tx.purge(type_, ids))
 
     async def __aenter__(self) -> Store:
         await self.start()

@@ -206,6 +206,21 @@ class SQLiteTransaction(Transaction):
     async def replace_entries(self, version: ResourceVersion, entries: Sequence[IndexEntry]) -> None:
         _replace_entries(self._conn, version, entries)
 
+    async def purge(self, type_: str, ids: Sequence[str]) -> int:
+        return _purge(self._conn, type_, ids)
+
+
+def _purge(conn: sqlite3.Connection, type_: str, ids: Sequence[str]) -> int:
+    """Index entries, then the current pointer (it references its version), then every version."""
+    found = 0
+    for i in range(0, len(ids), 500):  # bound the number of SQL variables
+        chunk = list(ids[i : i + 500])
+        marks = ",".join("?" * len(chunk))
+        conn.execute(f"DELETE FROM search_index WHERE type = ? AND id IN ({marks})", [type_, *chunk])
+        found += conn.execute(f"DELETE FROM resource WHERE type = ? AND id IN ({marks})", [type_, *chunk]).rowcount
+        conn.execute(f"DELETE FROM resource_version WHERE type = ? AND id IN ({marks})", [type_, *chunk])
+    return found
+
 
 def _rewrite_body(conn: sqlite3.Connection, version: ResourceVersion) -> None:
     changed = conn.execute(
