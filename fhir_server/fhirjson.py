@@ -49,6 +49,8 @@ def loads(body: bytes, *, max_depth: int = 64) -> Any:
 
 def _has_float(value: Any, max_depth: int) -> bool:
     """Checks the nesting bound on the way (400 beyond it)."""
+    if not isinstance(value, dict | list):  # a bare scalar body (``null``, ``1.5``): the caller refuses it
+        return isinstance(value, float)
     stack = [(value, 1)]
     found = False
     while stack:

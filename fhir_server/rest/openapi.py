@@ -4,7 +4,8 @@
 types, their interactions, search parameters, includes and operations; the system interactions, search
 parameters and operations; the SMART endpoints when authorization is on), so the two never drift. Only what
 the statement cannot say is added here: the paths and parameters of each interaction (http.html), the
-compartment searches, the Bulk Data status and file endpoints. Built once per base URL and kept (it is large).
+compartment searches, the Bulk Data status and file endpoints. Built once per process (it is large), the
+base URL of each request put in.
 
 ``GET /docs`` is Swagger UI with its assets served by this server from the ``swagger-ui-bundle`` package: no
 CDN, and a Content-Security-Policy that allows nothing else. Both are public (they describe the API and never
@@ -1035,7 +1036,7 @@ window.addEventListener('load', function () {
     presets: [SwaggerUIBundle.presets.apis],
     layout: 'BaseLayout'
   });
-  window.ui.initOAuth({usePkceWithAuthorizationCodeGrant: true, scopes: 'openid fhirUser launch/patient'});
+  window.ui.initOAuth({usePkceWithAuthorizationCodeGrant: true, scopes: 'openid fhirUser launch/patient patient/*.rs'});
 });
 """
 
