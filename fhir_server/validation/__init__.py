@@ -10,6 +10,10 @@ Two validators share the work (which type goes where: ``tools/compare_r4_r4b.py`
 
 Nested resources (contained, Bundle entries, Parameters) go through ``_check`` again, so each one gets
 the validator of its own type whatever its container uses.
+
+Both are followed by ``bindings``: every element with a ``required`` R4 binding holds a code of its value
+set. Hooked in ``_check``, the one place every write path (create, update, PATCH, Bundles, ``$validate``,
+the helper processes, ``fhir-server load``) and every nested resource goes through.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..errors import Issue, invalid_resource
-from . import r4, r4b
+from . import bindings, r4, r4b
 from ._common import MAX_ISSUES
 
 __all__ = ["COMMON", "R4_RESOURCE_TYPES", "issues_of", "raise_issues", "validate_resource", "warm_up"]
@@ -227,13 +231,17 @@ def _check(resource: dict, root: str) -> list[Issue]:
         return [Issue("required" if rt is None else "structure", f"resourceType is {found}", expression=(root,))]
     if rt not in R4_RESOURCE_TYPES:
         return [Issue("value", f"Unknown resource type '{rt}' (not an R4 resource)", expression=(root,))]
-    if rt in _STRUCTURAL:
-        return r4.check(resource, root, _check)
-    return r4b.check(resource, root, _check)
+    issues = r4.check(resource, root, _check) if rt in _STRUCTURAL else r4b.check(resource, root, _check)
+    unbound = bindings.check(resource, root)
+    if unbound:  # an element already reported (a malformed code...) is not reported twice
+        seen = {issue.expression for issue in issues}
+        issues += [issue for issue in unbound if issue.expression not in seen]
+    return issues
 
 
 def warm_up(types: Iterable[str] = COMMON) -> None:
     """Import and build the validators of ``types`` now, so the first request is not slow."""
+    bindings.warm()
     for rt in types:
         if rt in _STRUCTURAL:
             continue  # the structural data is loaded at import
