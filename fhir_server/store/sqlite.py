@@ -83,7 +83,10 @@ DROP INDEX IF EXISTS search_index_ranges;
 -- Partial: only dates/numbers/quantities have ranges; range conditions state "low IS NOT NULL".
 CREATE INDEX IF NOT EXISTS search_index_low_high
     ON search_index (type, param, low, high, id) WHERE low IS NOT NULL;
-CREATE INDEX IF NOT EXISTS search_index_owner ON search_index (type, id);
+-- A resource's own entries, by parameter and value: deletes and rewrites of a resource's entries, and the
+-- per-candidate checks (EXISTS) of every condition once a selective one drives a search (sqlite_query.py).
+DROP INDEX IF EXISTS search_index_owner;
+CREATE INDEX IF NOT EXISTS search_index_by_owner ON search_index (type, id, param, value, system);
 """
 
 _CURRENT = """

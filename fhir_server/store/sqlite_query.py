@@ -23,11 +23,17 @@ VERSION_COLUMNS = "v.type, v.id, v.version, v.last_updated, v.method, v.body"
 
 
 class Compiler:
-    def __init__(self, parent: Compiler | None = None) -> None:
-        """``parent``: the compiler of the enclosing statement (aliases and common table expressions shared)."""
+    def __init__(self, parent: Compiler | None = None, correlated: bool = False) -> None:
+        """``parent``: the compiler of the enclosing statement (aliases and common table expressions shared).
+        ``correlated``: the owner row is already fixed (a selective condition drives): every condition is a
+        per-row check through the owner index (EXISTS), chains and _has included, never a set of the whole type."""
         self._aliases = parent._aliases if parent else itertools.count()
         self._ctes: list[tuple[str, str, list[Any]]] = parent._ctes if parent else []
         self.args: list[Any] = []
+        self.correlated = correlated
+        #: the id subquery (sql, args) of the selective condition driving this level: chain levels compiled
+        #: after it only consider the targets the driver's candidates reference
+        self.driver: tuple[str, list[Any]] | None = None
 
     def _cte(self, body: str, args: list[Any]) -> str:
         """Name ``body`` as a common table expression of the statement (after the ones it uses)."""
@@ -53,28 +59,51 @@ class Compiler:
     def search(self, search: Search, owner: str) -> str:
         """Conditions on the ``resource`` row aliased ``owner`` (type already bound by the caller).
 
-        The most selective-looking condition drives (``IN``, uncorrelated); the other
-        entry conditions are checked per candidate with ``EXISTS`` through the owner index.
+        The most selective-looking condition drives (``IN``, uncorrelated); the other entry conditions are
+        checked per candidate with ``EXISTS`` through the owner index. Once a selective condition (an id, a
+        reference, an identifier) drives, every other condition — chains, ``_has``, negations included — is
+        checked per candidate too (``correlated``), and chained levels only consider the targets the
+        candidates reference: a patient's documents under the access policy never build the set of every
+        authorised patient.
         """
         conds = sorted(search.where, key=_rank)
-        parts, driven = [], False
+        parts, driven = [], self.correlated
+        selective = self.correlated
         for c in conds:
             if driven and isinstance(c, Entry):
                 parts.append(self._entry_exists(c, owner, search.type))
                 continue
-            parts.append(self.condition(c, owner, search.type))
+            if selective:
+                saved, self.correlated = self.correlated, True
+                try:
+                    parts.append(self.condition(c, owner, search.type))
+                finally:
+                    self.correlated = saved
+                continue
+            if not selective and _rank(c) <= 1 and isinstance(c, (Entry, IdIn)):
+                mark = len(self.args)
+                parts.append(self.condition(c, owner, search.type))
+                text = parts[-1]
+                prefix = f"{owner}.id IN ("
+                if text.startswith(prefix) and text.endswith(")"):
+                    self.driver = (text[len(prefix) : -1], list(self.args[mark:]))
+            else:
+                parts.append(self.condition(c, owner, search.type))
             driven = driven or isinstance(c, (Entry, IdIn, Chain, Has))
+            selective = selective or _rank(c) <= 1
         return " AND ".join(f"({p})" for p in parts) if parts else "1"
 
     def _entry_exists(self, entry: Entry, owner: str, owner_type: str) -> str:
         s = self._alias("s")
         where = self._entry_tests(entry, s)
         return (
-            f"EXISTS (SELECT 1 FROM search_index {s} INDEXED BY search_index_owner"
+            f"EXISTS (SELECT 1 FROM search_index {s} INDEXED BY search_index_by_owner"
             f" WHERE {s}.type = {owner}.type AND {s}.id = {owner}.id AND {' AND '.join(where)})"
         )
 
     def condition(self, cond: Condition, owner: str, owner_type: str) -> str:
+        if self.correlated:
+            return self._correlated(cond, owner, owner_type)
         match cond:
             case Entry():
                 return f"{owner}.id IN ({self._entry_ids(cond, owner, owner_type)})"
@@ -104,6 +133,100 @@ class Compiler:
                 return self._chain(param, target, owner, owner_type)
             case Has(param=param, source=source):
                 return self._has(param, source, owner, owner_type)
+        raise TypeError(f"unknown search condition {cond!r}")
+
+    def _correlated(self, cond: Condition, owner: str, owner_type: str) -> str:
+        """``cond`` checked on the one row ``owner``: index lookups bounded by that row's own entries."""
+        match cond:
+            case Entry():
+                return self._entry_exists(cond, owner, owner_type)
+            case Missing(param=param, missing=missing):
+                s = self._alias("s")
+                self.args.append(param)
+                exists = (
+                    f"EXISTS (SELECT 1 FROM search_index {s} INDEXED BY search_index_by_owner"
+                    f" WHERE {s}.type = {owner}.type AND {s}.id = {owner}.id AND {s}.param = ?)"
+                )
+                return f"NOT {exists}" if missing else exists
+            case Not(condition=inner):
+                return f"NOT ({self._correlated(inner, owner, owner_type)})"
+            case AnyOf(conditions=conds) if len(conds) > 2 and _plain_codes(conds):
+                # one lookup of this row's entries of the parameter, checked against the list (not one per code)
+                s = self._alias("s")
+                self.args.append(conds[0].param)
+                if conds[0].system is None:
+                    self.args.extend(c.value for c in conds)
+                    test = f"+{s}.value IN ({', '.join('?' * len(conds))})"
+                else:
+                    for c in conds:
+                        self.args.extend((c.value, c.system))
+                    test = f"(+{s}.value, {s}.system) IN (VALUES {', '.join('(?, ?)' for _ in conds)})"
+                return (
+                    f"EXISTS (SELECT 1 FROM search_index {s} INDEXED BY search_index_by_owner"
+                    f" WHERE {s}.type = {owner}.type AND {s}.id = {owner}.id AND {s}.param = ? AND {test})"
+                )
+            case AnyOf(conditions=conds):
+                return " OR ".join(f"({self._correlated(c, owner, owner_type)})" for c in conds) if conds else "0"
+            case AllOf(conditions=conds):
+                return " AND ".join(f"({self._correlated(c, owner, owner_type)})" for c in conds) if conds else "1"
+            case IdIn(ids=ids):
+                if not ids:
+                    return "0"
+                self.args.extend(ids)
+                return f"{owner}.id IN ({', '.join('?' * len(ids))})"
+            case Chain(param=param, target=target) if self.driver is not None:
+                # the targets the driver's candidates reference, checked once each (not once per candidate)
+                s, t, s2 = self._alias("s"), self._alias("t"), self._alias("s")
+                prefix = f"{target.type}/"
+                driver_sql, driver_args = self.driver
+                level = Compiler(self, correlated=True)
+                level.args.extend(
+                    (target.type, len(prefix) + 1, owner_type, *driver_args, param, prefix, prefix + _MAX_CHAR)
+                )
+                inner = level.search(target, t)
+                referenced = (
+                    f"SELECT substr({s}.value, ?) FROM search_index {s} INDEXED BY search_index_by_owner"
+                    f" WHERE {s}.type = ? AND {s}.id IN ({driver_sql})"
+                    f" AND {s}.param = ? AND {s}.value >= ? AND {s}.value < ?"
+                )
+                targets = self._cte(
+                    f"SELECT {t}.type || '/' || {t}.id FROM resource {t} WHERE {t}.type = ? AND {t}.deleted = 0"
+                    f" AND {t}.id IN ({referenced}) AND ({inner})",
+                    level.args,
+                )
+                self.args.append(param)
+                return (
+                    f"EXISTS (SELECT 1 FROM search_index {s2} INDEXED BY search_index_by_owner"
+                    f" WHERE {s2}.type = {owner}.type AND {s2}.id = {owner}.id AND {s2}.param = ?"
+                    f" AND {s2}.value IN {targets})"
+                )
+            case Chain(param=param, target=target):
+                # this row's reference entries → the target row (primary key) → its conditions, per row
+                s, t = self._alias("s"), self._alias("t")
+                prefix = f"{target.type}/"
+                self.args.extend((target.type, len(prefix) + 1, param, prefix, prefix + _MAX_CHAR))
+                level = Compiler(self, correlated=True)
+                inner = level.search(target, t)
+                self.args.extend(level.args)
+                return (
+                    f"EXISTS (SELECT 1 FROM search_index {s} INDEXED BY search_index_by_owner"
+                    f" JOIN resource {t} ON {t}.type = ? AND {t}.id = substr({s}.value, ?)"
+                    f" WHERE {s}.type = {owner}.type AND {s}.id = {owner}.id AND {s}.param = ?"
+                    f" AND {s}.value >= ? AND {s}.value < ? AND {t}.deleted = 0 AND ({inner}))"
+                )
+            case Has(param=param, source=source):
+                # the sources pointing at this row (value index: type, param, value) → their conditions, per source
+                s, h = self._alias("s"), self._alias("h")
+                self.args.extend((source.type, param, f"{owner_type}/"))
+                level = Compiler(self, correlated=True)
+                inner = level.search(source, h)
+                self.args.extend(level.args)
+                join = f"JOIN resource {h} ON {h}.type = {s}.type AND {h}.id = {s}.id"
+                return (
+                    f"EXISTS (SELECT 1 FROM search_index {s} {join}"
+                    f" WHERE {s}.type = ? AND {s}.param = ? AND {s}.value = ? || {owner}.id"
+                    f" AND {h}.deleted = 0 AND ({inner}))"
+                )
         raise TypeError(f"unknown search condition {cond!r}")
 
     def _id_set(self, cond: Condition, owner: str, owner_type: str) -> str:
@@ -191,11 +314,28 @@ class Compiler:
         )
         self.args.extend((len(prefix) + 1, source.type, param, prefix, prefix + _MAX_CHAR))
         refs = (
-            f"SELECT substr({s}.value, ?) FROM search_index {s} INDEXED BY search_index_owner"
+            f"SELECT substr({s}.value, ?) FROM search_index {s} INDEXED BY search_index_by_owner"
             f" WHERE {s}.type = ? AND {s}.id IN {sources}"
             f" AND {s}.param = ? AND {s}.value >= ? AND {s}.value < ?"
         )
         return f"{owner}.id IN ({refs})"
+
+
+def _plain_codes(conds: tuple[Condition, ...]) -> bool:
+    """Entries of one parameter testing a value (all with a system, or all without): a code list."""
+    first = conds[0]
+    if not isinstance(first, Entry):
+        return False
+    with_system = first.system is not None
+    return all(
+        isinstance(c, Entry)
+        and c.param == first.param
+        and c.or_param is None
+        and c.value is not None
+        and (c.system is not None) == with_system
+        and c == Entry(c.param, value=c.value, system=c.system)
+        for c in conds
+    )
 
 
 def _has_id_set(cond: Condition) -> bool:
@@ -283,7 +423,7 @@ def include_statement(
     compiler.args.extend([source_type, param, *source_ids])
     refs = (
         "SELECT DISTINCT s.value AS ref, CAST(s.low AS INTEGER) AS ver FROM search_index s"
-        " INDEXED BY search_index_owner"  # a page of sources: their own entries, never the whole parameter
+        " INDEXED BY search_index_by_owner"  # a page of sources: their own entries, never the whole parameter
         f" WHERE s.type = ? AND s.param = ? AND s.id IN ({', '.join('?' * len(source_ids))})"
     )
     by_type = []
