@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..instant import to_http_date
 from ..interactions import Context
+from ..interactions.access import within
 from ..security.authenticate import ACCESS_KEY
 from ..validation import R4_RESOURCE_TYPES
 
@@ -47,12 +48,16 @@ class ReadFastPath:
             if name in _FALLBACK_HEADERS or (name == b"accept" and value not in _SIMPLE_ACCEPT):
                 return False
         access = scope.get(ACCESS_KEY)
-        if access is not None and (not access.may(target[0], "r") or access.constraints(target[0])):
-            return False  # refused or confined: the full route applies the rules (403, 404 outside)
+        if access is not None and not access.may(target[0], "r"):
+            return False  # refused: the full route answers 403
+        where = access.constraints(target[0]) if access is not None else ()
         context: Context = self._state.context
         version = await context.store.read_current(*target)
         if version is None or version.body is None:
             return False
+        # Confined callers are served here too, after the same visibility query as crud.read.
+        if where and not await within(context.store, *target, where):
+            return False  # outside: the full route answers the 404
         body = version.body
         headers = [
             (b"content-type", _CONTENT_TYPE),

@@ -8,6 +8,7 @@ worker processes, by SQLite's own file lock with a busy timeout).
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -27,7 +28,7 @@ from .base import (
     VersionConflict,
     as_search,
 )
-from .query import Condition, Search, SortKey
+from .query import Condition, IdIn, Search, SortKey
 from .read_cache import CurrentVersionCache
 from .sqlite_query import (
     VERSION_COLUMNS,
@@ -267,9 +268,32 @@ def _match_where(query: StoreQuery | Search, after: str | None = None, reverse: 
     return _Where(f"r.type = ? AND r.deleted = 0 AND {sql}", [search.type, *args], compiler)
 
 
+_ID_PLACEHOLDER = "\x00id"
+
+
+@functools.lru_cache(maxsize=1024)
+def _one_id_where(search: Search) -> _Where:
+    """The visibility check of one id (reads, the write guard) compiled once per set of conditions: a
+    confined caller's conditions are the same on every read, only the id changes."""
+    return _match_where(Search(search.type, (IdIn((_ID_PLACEHOLDER,)), *search.where)))
+
+
 def _find_ids(conn: sqlite3.Connection, query: StoreQuery | Search, limit: int) -> list[str]:
     if limit <= 0:
         return []
+    search = as_search(query)
+    first = search.where[0] if search.where else None
+    if isinstance(first, IdIn) and len(first.ids) == 1 and len(search.where) > 1:
+        try:
+            where = _one_id_where(Search(search.type, search.where[1:]))
+        except TypeError:  # unhashable conditions
+            where = None
+        if where is not None:
+            sql, args = where.statement(
+                f"SELECT r.id FROM resource r WHERE {where.sql} ORDER BY r.id LIMIT ?", [*where.args, limit]
+            )
+            args = [first.ids[0] if a == _ID_PLACEHOLDER else a for a in args]
+            return [row[0] for row in conn.execute(sql, args)]
     where = _match_where(query)
     sql, args = where.statement(
         f"SELECT r.id FROM resource r WHERE {where.sql} ORDER BY r.id LIMIT ?", [*where.args, limit]
