@@ -21,7 +21,7 @@ Usage (from the repository root, project venv)::
 
     .venv/bin/python bench/rest_throughput.py                     # -t2 -c32 -d10s, SQLite in a temp dir
     .venv/bin/python bench/rest_throughput.py --duration 30 --connections 64
-    .venv/bin/python bench/rest_throughput.py --store mongoeco    # mongoeco stand-in (not MongoDB)
+    .venv/bin/python bench/rest_throughput.py --store secantus    # the tests' SecantusDB stand-in (not MongoDB)
     .venv/bin/python bench/rest_throughput.py --store 'mongodb://127.0.0.1:27017/?replicaSet=rs0'
     .venv/bin/python bench/rest_throughput.py --profile           # + py-spy profiles of our server
 """
@@ -56,7 +56,7 @@ BENCH = REPO / "bench"
 RESULTS = BENCH / "results"
 READ_SCRIPT = BENCH / "wrk_read.lua"
 CREATE_SCRIPT = BENCH / "wrk_create.lua"
-MONGOECO_PYTHON = REPO / ".venv-mongoeco" / "bin" / "python"
+SECANTUSD = REPO / ".venv-secantus" / "bin" / "secantusd-py"  # .ci/install-secantus; GPL-2.0, reached over the wire
 MONGO_SIDECAR = REPO / "tests" / "mongo_sidecar.py"
 
 FHIR_JSON = "application/fhir+json"
@@ -544,13 +544,13 @@ def start_bare(procs: Processes, tmp: Path, body_file: Path, timeout: float) -> 
     return proc, base
 
 
-def start_mongoeco(procs: Processes) -> str:
-    if not MONGOECO_PYTHON.exists():
-        raise RuntimeError("the mongoeco stand-in is not installed: run .ci/install-mongoeco")
-    proc = procs.start_piped("mongoeco", [str(MONGOECO_PYTHON), str(MONGO_SIDECAR)])
+def start_secantus(procs: Processes) -> str:
+    if not SECANTUSD.exists():
+        raise RuntimeError("the SecantusDB stand-in is not installed: run .ci/install-secantus")
+    proc = procs.start_piped("secantus", [sys.executable, str(MONGO_SIDECAR), str(SECANTUSD)])
     line = proc.popen.stdout.readline().strip()
     if not line.startswith("mongodb://"):
-        raise RuntimeError(f"mongoeco stand-in did not start (got {line!r})")
+        raise RuntimeError(f"SecantusDB stand-in did not start (got {line!r})")
     parts = urlsplit(line)
     return urlunsplit(parts._replace(path="/fhir_bench"))
 
@@ -659,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--store",
         default="sqlite",
-        help="'sqlite' (default: a fresh database in a temp dir), 'mongoeco' (the test suite's stand-in, "
+        help="'sqlite' (default: a fresh database in a temp dir), 'secantus' (the test suite's stand-in, "
         "NOT MongoDB), or a store URL (sqlite:///…, mongodb://…; a mongodb URL without a database gets a "
         "fresh fhir_bench_<hex> database, dropped afterwards)",
     )
@@ -711,10 +711,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.store == "sqlite":
                 store = f"sqlite:///{tmp / 'bench.db'}"
                 doc["store_note"] = "fresh SQLite database in a temp dir (WAL, synchronous=NORMAL)"
-            elif args.store == "mongoeco":
-                print("starting the mongoeco stand-in (NOT MongoDB) …", flush=True)
-                store = start_mongoeco(procs)
-                doc["store_note"] = "mongoeco in-memory stand-in, NOT MongoDB: numbers say nothing about MongoDB"
+            elif args.store == "secantus":
+                print("starting the SecantusDB stand-in (NOT MongoDB: its timings are not MongoDB's) …", flush=True)
+                store = start_secantus(procs)
+                doc["store_note"] = "SecantusDB stand-in, NOT MongoDB: numbers say nothing about MongoDB"
             else:
                 store = args.store
                 parts = urlsplit(store)
@@ -726,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"starting our server (store {redact(store)}) …", flush=True)
             ours, ours_base = start_ours(procs, tmp, store, args.start_timeout)
-            watch_ours = [ours] + [p for p in procs.procs if p.name == "mongoeco"]
+            watch_ours = [ours] + [p for p in procs.procs if p.name == "secantus"]
             id_, stored = create_patient(ours_base)
             doc["patient_bytes"] = len(stored)
             doc["patient_id"] = id_

@@ -2,9 +2,11 @@
 
 Store fixtures (``mongo_uri``, ``mongo_url``, ``store_url``, ``store``): run a test against both store
 backends. MongoDB is either a real server (``FHIR_SERVER_TEST_MONGODB_URI``, a replica set: the store
-needs transactions) or the mongoeco stand-in, started once per session from its own Python 3.13
-virtualenv (``.ci/install-mongoeco``, or ``FHIR_SERVER_MONGOECO_PYTHON``). Without either, the Mongo
-tests are skipped — except on CI (``CI`` set), where they must run and fail instead.
+needs transactions) or SecantusDB (a WiredTiger-based server speaking MongoDB's wire protocol, a
+single-node replica set), started once per session by ``tests/mongo_sidecar.py`` from its own virtualenv
+(``.ci/install-secantus``, or ``FHIR_SERVER_SECANTUSD`` naming its ``secantusd-py``) and reached over the
+wire only (it is GPL-2.0: never imported). Without either, the Mongo tests are skipped — except on CI
+(``CI`` set), where they must run and fail instead.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from fhir_server.store import Store, open_store
 FHIR_BASE = "http://fhir.test"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MONGO_SIDECAR = Path(__file__).resolve().parent / "mongo_sidecar.py"
-MONGO_SIDECAR_START_TIMEOUT = 30.0
-MONGO_INSTALL_HINT = "run .ci/install-mongoeco (or set FHIR_SERVER_TEST_MONGODB_URI to a replica set)"
+MONGO_SIDECAR_START_TIMEOUT = 45.0  # the sidecar gives up (and says why) after 30 s
+MONGO_INSTALL_HINT = "run .ci/install-secantus (or set FHIR_SERVER_TEST_MONGODB_URI to a replica set)"
 
 
 def _mongo_unavailable(reason: str) -> None:
@@ -41,13 +43,14 @@ def _mongo_unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def _mongoeco_python() -> Path | None:
-    explicit = os.environ.get("FHIR_SERVER_MONGOECO_PYTHON")
+def _secantusd() -> Path | None:
+    """SecantusDB's server executable: ``FHIR_SERVER_SECANTUSD``, else ``.venv-secantus/bin/secantusd-py``."""
+    explicit = os.environ.get("FHIR_SERVER_SECANTUSD")
     if explicit:
         if not Path(explicit).exists():
-            pytest.fail(f"FHIR_SERVER_MONGOECO_PYTHON={explicit} does not exist", pytrace=False)
+            pytest.fail(f"FHIR_SERVER_SECANTUSD={explicit} does not exist", pytrace=False)
         return Path(explicit)
-    default = REPO_ROOT / ".venv-mongoeco" / "bin" / "python"
+    default = REPO_ROOT / ".venv-secantus" / "bin" / "secantusd-py"
     return default if default.exists() else None
 
 
@@ -64,16 +67,20 @@ def _read_uri_line(proc: subprocess.Popen[str], timeout: float) -> str:
                     return line.strip()
                 if not line:  # EOF: the sidecar died
                     break
-    proc.kill()
-    _, err = proc.communicate(timeout=5)
-    raise RuntimeError(f"MongoDB stand-in did not start (exit {proc.returncode}): {err[-2000:]}")
+    proc.terminate()  # not kill: the sidecar stops its server on SIGTERM
+    try:
+        _, err = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate(timeout=5)
+    raise RuntimeError(f"MongoDB test server did not start (exit {proc.returncode}): {err[-3000:]}")
 
 
 def _stop_sidecar(proc: subprocess.Popen[str]) -> None:
     if proc.stdin is not None:
-        proc.stdin.close()  # the sidecar exits when its stdin closes
+        proc.stdin.close()  # the sidecar stops its server and exits when its stdin closes
     try:
-        proc.wait(timeout=5)
+        proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=5)
@@ -90,11 +97,11 @@ def mongo_uri() -> Iterator[str]:
     if external:
         yield external
         return
-    python = _mongoeco_python()
-    if python is None:
-        _mongo_unavailable(f"MongoDB stand-in not installed: {MONGO_INSTALL_HINT}")
+    secantusd = _secantusd()
+    if secantusd is None:
+        _mongo_unavailable(f"MongoDB test server (SecantusDB) not installed: {MONGO_INSTALL_HINT}")
     proc = subprocess.Popen(
-        [str(python), str(MONGO_SIDECAR)],
+        [sys.executable, str(MONGO_SIDECAR), str(secantusd)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -157,7 +164,7 @@ async def fhir_client(store_url: str, **settings: object) -> AsyncIterator[httpx
     from fhir_server.app import create_app
     from fhir_server.config import Settings
 
-    settings.setdefault("load_definitions", False)  # 1,400 SearchParameters per fresh store: only where tested
+    settings.setdefault("load_definitions", False)  # 1,379 SearchParameters per fresh store: only where tested
     settings.setdefault("auth", False)  # the FHIR behaviour under test; access control has its own tests
     settings.setdefault("validation_processes", 0)  # one helper process per app would slow the suite down
     app = create_app(Settings(store=store_url, **settings))  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ the caller's conditions): the policy adds conditions to that query, not queries.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 
@@ -26,9 +27,11 @@ from test_policy import LEA_DOCS, LOINC, document, policy_server, ps_token
 STORE_READS = ("read_current", "read_version", "find_ids", "search_page", "count", "include", "revinclude",
                "history", "count_history")  # fmt: skip
 
-SYSTEM = token("system/*.rs")
+# Minted at import: valid for the whole run however long the suite takes (they are stand-in tokens).
+LONG = {"exp": int(time.time()) + 24 * 3600}
+SYSTEM = token("system/*.rs", **LONG)
 #: A system token confined by a granular scope: the full read route and its one visibility query.
-SYSTEM_CONFINED = token(f"system/DocumentReference.rs?type={LOINC}|11488-4,{LOINC}|68599-0")
+SYSTEM_CONFINED = token(f"system/DocumentReference.rs?type={LOINC}|11488-4,{LOINC}|68599-0", **LONG)
 SEARCHES = (
     "/DocumentReference?subject=Patient/lea&_count=100",
     "/DocumentReference?patient=Patient/lea&_count=2",  # paged: the page and the total

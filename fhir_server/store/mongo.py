@@ -31,7 +31,10 @@ Indexes (created by ``start``, idempotent)
 Queries on ``idx`` always use ``$elemMatch`` so that every condition hits the same index entry.
 
 Transactions: every ``transact`` is one multi-document transaction (read concern majority, write concern
-``w`` — majority by default —, primary reads), retried as a whole on transient errors (write conflicts).
+``w`` — majority by default —, primary reads), run like pymongo's ``with_transaction`` on one session:
+retried as a whole on a ``TransientTransactionError`` (a write conflict, code 112: another transaction
+wrote the same document first; a failover), its commit retried alone on ``UnknownTransactionCommitResult``
+(``commitTransaction`` is idempotent). A document over MongoDB's 16 MiB limit is refused with a 413.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
+    DocumentTooLarge,
     DuplicateKeyError,
     OperationFailure,
     PyMongoError,
@@ -57,6 +61,7 @@ from pymongo.errors import (
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
+from ..errors import FhirError, Issue
 from .base import (
     HistoryQuery,
     IndexEntry,
@@ -78,16 +83,20 @@ DEFAULT_DATABASE = "fhir"
 VERSIONS = "resource_version"
 CURRENT = "resource"
 
-#: Attempts of a whole transaction when the server reports a transient error (write conflict, failover).
-#: Real MongoDB only conflicts on the same documents; mongoeco (the test stand-in) fails every concurrent
-#: writing transaction but the first to commit, so N concurrent writers need up to ~N/2+1 attempts there
-#: (measured: 6 for 10 writers, 8 for 20), with the jittered exponential backoff below.
+#: Attempts of a whole transaction when the server reports a transient error: a write conflict (two
+#: transactions wrote the same document: the later writer fails at once, code 112), a failover. Between
+#: attempts a jittered exponential backoff; a conflict that outlasts them is a VersionConflict (409).
 MAX_TRANSACTION_ATTEMPTS = 10
 #: Attempts of a commit whose outcome is unknown (network error, write concern timeout).
 MAX_COMMIT_ATTEMPTS = 5
+#: No new attempt (of the transaction or of its commit) once this long has passed since the first.
+RETRY_SECONDS = 60.0
 _BACKOFF_INITIAL = 0.005
 _BACKOFF_MAX = 0.25
 _WRITE_CONFLICT = 112  # server error code WriteConflict
+_MAX_TIME_EXPIRED = 50  # MaxTimeMSExpired: a commit that ran out of time is not retried (as with_transaction)
+#: BSONObjectTooLarge (an insert, upsert or update result over 16 MiB); 17419 / 17420, the same before 4.4.
+_TOO_LARGE = frozenset({10334, 17419, 17420})
 
 _VERSION_FIELDS = {"_id": 0, "t": 1, "i": 1, "v": 1, "lu": 1, "m": 1, "body": 1}
 _NEWEST_FIRST = [("lu", -1), ("t", -1), ("i", -1), ("v", -1)]
@@ -208,21 +217,43 @@ def _unavailable() -> Iterator[None]:
         raise StoreUnavailable(f"MongoDB: {exc}") from exc
 
 
-def _is_mongoeco_commit_conflict(exc: PyMongoError) -> bool:
-    # mongoeco (the test stand-in) validates transactions optimistically at commit and reports a conflict
-    # as a plain error: no code, no TransientTransactionError label. Real MongoDB reports write conflicts
-    # at write time (code 112, labelled), so this never matches there.
-    return isinstance(exc, OperationFailure) and exc.code is None and "write conflict" in str(exc).lower()
+class ResourceTooLarge(FhirError):
+    """A version or current-resource document over MongoDB's 16 MiB BSON limit (body or index entries)."""
+
+
+@contextlib.contextmanager
+def _size_checked(key: str) -> Iterator[None]:
+    """The driver's (client-side) or the server's "document too large" → ResourceTooLarge (413)."""
+    try:
+        yield
+    except DocumentTooLarge as exc:  # not a PyMongoError: raised before anything is sent
+        raise _too_large(key) from exc
+    except OperationFailure as exc:
+        if exc.code in _TOO_LARGE:
+            raise _too_large(key) from exc
+        raise
+
+
+def _too_large(key: str) -> ResourceTooLarge:
+    message = f"{key}: too large to store (MongoDB limits a document, body or search index entries, to 16 MiB)"
+    return ResourceTooLarge(413, [Issue("too-long", message)])
 
 
 def _is_write_conflict(exc: PyMongoError) -> bool:
-    return (isinstance(exc, OperationFailure) and exc.code == _WRITE_CONFLICT) or _is_mongoeco_commit_conflict(exc)
+    return isinstance(exc, OperationFailure) and exc.code == _WRITE_CONFLICT
 
 
 def _is_transient(exc: PyMongoError) -> bool:
+    """Worth running the whole transaction again (MongoDB labels write conflicts TransientTransactionError)."""
     if isinstance(exc, ServerSelectionTimeoutError):
         return False  # already waited serverSelectionTimeoutMS: the server is gone, not busy
     return exc.has_error_label("TransientTransactionError") or _is_write_conflict(exc)
+
+
+def _is_unknown_commit(exc: PyMongoError) -> bool:
+    """A commit that may or may not have been applied: worth sending again (commitTransaction is idempotent)."""
+    max_time_expired = isinstance(exc, OperationFailure) and exc.code == _MAX_TIME_EXPIRED
+    return exc.has_error_label("UnknownTransactionCommitResult") and not max_time_expired
 
 
 class MongoTransaction(Transaction):
@@ -250,34 +281,36 @@ class MongoTransaction(Transaction):
         current = row["v"] if row else 0
         if version.version != current + 1:
             raise VersionConflict(f"{key}: version {current} is current")
-        try:
-            await self._versions.insert_one(_version_doc(version), session=session)
-        except DuplicateKeyError as exc:
-            raise VersionConflict(f"{key}: version {version.version} already exists") from exc
-        if current:
-            await self._versions.update_one(
-                {"_id": f"{key}/{current}"}, {"$set": {"sup": version.last_updated}}, session=session
-            )
-        doc = {
-            "t": version.type,
-            "i": version.id,
-            "v": version.version,
-            "del": version.deleted,
-            "idx": [] if version.deleted else [_entry_doc(e) for e in entries],
-        }
-        if current:
-            result = await self._current.replace_one({"_id": key, "v": current}, doc, session=session)
-            if result.matched_count != 1:
-                raise VersionConflict(f"{key}: version {current} is no longer current")
-        else:
+        with _size_checked(key):
             try:
-                await self._current.insert_one({"_id": key, **doc}, session=session)
+                await self._versions.insert_one(_version_doc(version), session=session)
             except DuplicateKeyError as exc:
-                raise VersionConflict(f"{key}: created concurrently") from exc
+                raise VersionConflict(f"{key}: version {version.version} already exists") from exc
+            if current:
+                await self._versions.update_one(
+                    {"_id": f"{key}/{current}"}, {"$set": {"sup": version.last_updated}}, session=session
+                )
+            doc = {
+                "t": version.type,
+                "i": version.id,
+                "v": version.version,
+                "del": version.deleted,
+                "idx": [] if version.deleted else [_entry_doc(e) for e in entries],
+            }
+            if current:
+                result = await self._current.replace_one({"_id": key, "v": current}, doc, session=session)
+                if result.matched_count != 1:
+                    raise VersionConflict(f"{key}: version {current} is no longer current")
+            else:
+                try:
+                    await self._current.insert_one({"_id": key, **doc}, session=session)
+                except DuplicateKeyError as exc:
+                    raise VersionConflict(f"{key}: created concurrently") from exc
 
     async def rewrite_body(self, version: ResourceVersion) -> None:
         flt = {"_id": f"{version.type}/{version.id}/{version.version}", "body": {"$ne": None}}
-        result = await self._versions.update_one(flt, {"$set": {"body": version.body}}, session=self._session)
+        with _size_checked(f"{version.type}/{version.id}"):
+            result = await self._versions.update_one(flt, {"$set": {"body": version.body}}, session=self._session)
         if result.matched_count != 1:
             raise VersionConflict(f"{version.type}/{version.id}: no stored version {version.version} to rewrite")
 
@@ -285,9 +318,23 @@ class MongoTransaction(Transaction):
         key = f"{version.type}/{version.id}"
         flt = {"_id": key, "v": version.version, "del": False}
         update = {"$set": {"idx": [_entry_doc(e) for e in entries]}}
-        result = await self._current.update_one(flt, update, session=self._session)
+        with _size_checked(key):
+            result = await self._current.update_one(flt, update, session=self._session)
         if result.matched_count != 1:
             raise VersionConflict(f"{key}: version {version.version} is no longer current")
+
+    async def purge(self, type_: str, ids: Sequence[str]) -> int:
+        """The audit retention purge: the only deletion of ``resource_version`` documents (with their
+        ``resource`` document, which holds the index entries)."""
+        found = 0
+        for i in range(0, len(ids), 500):
+            chunk = list(ids[i : i + 500])
+            result = await self._current.delete_many(
+                {"_id": {"$in": [f"{type_}/{id_}" for id_ in chunk]}}, session=self._session
+            )
+            found += result.deleted_count
+            await self._versions.delete_many({"t": type_, "i": {"$in": chunk}}, session=self._session)
+        return found
 
 
 async def _read_current(
@@ -326,12 +373,19 @@ class MongoStore(Store):
             raise StoreUnavailable(f"invalid MongoDB URL or option: {exc}") from exc
         db = client[self.database_name]
         try:
-            # ``ping`` rather than ``server_info()``: the latter needs ``buildinfo`` (missing in mongoeco).
-            await client.admin.command("ping")
-            await self._create_indexes(db)
+            hello = await client.admin.command("hello")
+            standalone = "setName" not in hello and hello.get("msg") != "isdbgrid"
+            if not standalone:
+                await self._create_indexes(db)
         except PyMongoError as exc:
             await client.close()
             raise StoreUnavailable(f"cannot use MongoDB database {self.database_name!r}: {exc}") from exc
+        if standalone:
+            await client.close()
+            raise StoreUnavailable(
+                "MongoDB runs standalone: every write is a multi-document transaction, which needs a replica set"
+                " (a single-node one is fine) or a sharded cluster"
+            )
         self._client, self._db = client, db
 
     @staticmethod
@@ -485,46 +539,56 @@ class MongoStore(Store):
             "write_concern": WriteConcern(w=self._w),
             "read_preference": ReadPreference.PRIMARY,
         }
+        started = time.monotonic()
         attempt = 0
-        while True:
-            attempt += 1
-            try:
-                async with client.start_session() as session:
+        try:
+            # One session for every attempt, as ``with_transaction``: each attempt is a new transaction
+            # number on it, which makes the server abort whatever an earlier attempt left open there.
+            async with client.start_session() as session:
+                while True:
+                    attempt += 1
                     await session.start_transaction(**options)
                     try:
                         result = await work(MongoTransaction(db, session))
-                    except BaseException:
+                    except BaseException as exc:
                         if session.in_transaction:
                             await session.abort_transaction()  # errors ignored by pymongo
+                        if isinstance(exc, PyMongoError) and _retry(exc, attempt, started):
+                            await _backoff(attempt)
+                            continue
                         raise
-                    await self._commit(client, session)
+                    try:
+                        await _commit(session, started)
+                    except PyMongoError as exc:
+                        if _retry(exc, attempt, started):
+                            await _backoff(attempt)
+                            continue
+                        raise
                     return result
-            except PyMongoError as exc:
-                if _is_transient(exc) and attempt < MAX_TRANSACTION_ATTEMPTS:
-                    await asyncio.sleep(random.random() * min(_BACKOFF_INITIAL * 2**attempt, _BACKOFF_MAX))
-                    continue
-                if _is_write_conflict(exc):
-                    raise VersionConflict(f"write conflict persisted after {attempt} attempts") from exc
-                raise StoreUnavailable(f"MongoDB transaction failed: {exc}") from exc
+        except PyMongoError as exc:
+            if _is_write_conflict(exc):
+                raise VersionConflict(f"write conflict persisted after {attempt} attempts") from exc
+            if _is_unknown_commit(exc):
+                raise StoreUnavailable(f"MongoDB commit outcome unknown after retries: {exc}") from exc
+            raise StoreUnavailable(f"MongoDB transaction failed: {exc}") from exc
 
-    @staticmethod
-    async def _commit(client: AsyncMongoClient, session: AsyncClientSession) -> None:
-        started = time.monotonic()
-        for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
-            try:
-                await session.commit_transaction()
-                return
-            except PyMongoError as exc:
-                if (
-                    exc.has_error_label("UnknownTransactionCommitResult")
-                    and attempt < MAX_COMMIT_ATTEMPTS
-                    and time.monotonic() - started < 60
-                ):
-                    continue  # commitTransaction is idempotent: retrying it is safe
-                if _is_mongoeco_commit_conflict(exc):
-                    # mongoeco leaves the failed transaction open on its side of the (pooled, reused)
-                    # server session and pymongo forbids aborting after a commit: end the server session
-                    # so the next transaction on it starts afresh. Portable (endSessions is standard).
-                    with contextlib.suppress(PyMongoError):
-                        await client.admin.command("endSessions", [session.session_id])
-                raise
+
+def _retry(exc: PyMongoError, attempt: int, started: float) -> bool:
+    """Run the whole transaction again?"""
+    return _is_transient(exc) and attempt < MAX_TRANSACTION_ATTEMPTS and time.monotonic() - started < RETRY_SECONDS
+
+
+async def _backoff(attempt: int) -> None:
+    await asyncio.sleep(random.random() * min(_BACKOFF_INITIAL * 2**attempt, _BACKOFF_MAX))
+
+
+async def _commit(session: AsyncClientSession, started: float) -> None:
+    """Commit, sending ``commitTransaction`` again while its outcome is unknown (it is idempotent)."""
+    for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
+        try:
+            await session.commit_transaction()
+            return
+        except PyMongoError as exc:
+            if _is_unknown_commit(exc) and attempt < MAX_COMMIT_ATTEMPTS and time.monotonic() - started < RETRY_SECONDS:
+                continue
+            raise
