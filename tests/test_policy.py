@@ -525,3 +525,37 @@ async def test_the_patient_masks_every_document_at_once(client):
     assert r.status_code == 200 and "0 document(s)" in r.text
     max_cr = await client.get("/DocumentReference/max-cr", headers=token("system/*.rs"))
     assert codes.MASQUE_PS not in max_cr.text  # untouched
+
+
+async def test_more_leak_probes_include_transaction_and_wording(client):
+    """_include of a hidden target, a transaction's responses, and 404 wording equal to an unknown id's."""
+    h = ps_token("dent")
+    related = document("lea-rel", "lea", (LOINC, "11488-4"), "med")
+    related["relatesTo"] = [{"code": "appends", "target": {"reference": "DocumentReference/lea-psy"}},
+                            {"code": "appends", "target": {"reference": "DocumentReference/lea-masked"}}]  # fmt: skip
+    assert (
+        await client.put("/DocumentReference/lea-rel", json=related, headers=token("system/*.cruds"))
+    ).status_code == 201
+    found = (await client.get("/DocumentReference?_id=lea-rel&_include=DocumentReference:relatesto", headers=h)).json()
+    assert ids(found) == ["lea-rel"] and found["total"] == 1
+    # a transaction answers under the same rules: a hidden document's search is empty, its read fails the whole
+    psy_type = f"{LOINC}|68599-0"
+    transaction = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "GET", "url": f"DocumentReference?subject=Patient/lea&type={psy_type}"}},
+        {"request": {"method": "GET", "url": "DocumentReference/lea-cr"}}]}  # fmt: skip
+    r = await client.post("/", json=transaction, headers=h)
+    assert r.status_code == 200, r.text
+    entries = r.json()["entry"]
+    assert entries[0]["resource"]["total"] == 0 and entries[1]["resource"]["id"] == "lea-cr"
+    for missing in ("lea-psy", "no-such-document"):
+        one = {"resourceType": "Bundle", "type": "transaction",
+               "entry": [{"request": {"method": "GET", "url": f"DocumentReference/{missing}"}}]}  # fmt: skip
+        r = await client.post("/", json=one, headers=h)
+        assert r.status_code == 404 and "psy" not in r.text.replace("lea-psy", ""), r.text
+    # a hidden resource and an unknown id read alike (status and wording, but for the id itself)
+    hidden = await client.get("/DocumentReference/lea-psy", headers=h)
+    unknown = await client.get("/DocumentReference/lea-nope", headers=h)
+    assert hidden.status_code == unknown.status_code == 404
+    assert hidden.text.replace("lea-psy", "X") == unknown.text.replace("lea-nope", "X")
+    for path in ("/Binary/bin-lea-psy", "/Binary/bin-lea-nope"):
+        assert (await client.get(path, headers=h)).status_code == 404
