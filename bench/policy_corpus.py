@@ -56,11 +56,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_corpus import FAMILY, Ids, Progress, _build, drop_secondary_indexes, patient
+from search_corpus import FAMILY, BatchWriter, Ids, Progress, _build, drop_secondary_indexes, patient
 
 from fhir_server.policy import codes
 from fhir_server.policy.matrix import HabilitationMatrix
-from fhir_server.store import IndexEntry, ResourceVersion, Transaction, open_store, sqlite_path
+from fhir_server.store import open_store, sqlite_path
 from fhir_server.validation import validate_resource
 
 LOINC = "http://loinc.org"
@@ -253,22 +253,7 @@ async def load(args: argparse.Namespace) -> int:
             flush=True,
         )
         progress = Progress(expected)
-        batch: list[tuple[ResourceVersion, list[IndexEntry]]] = []
-        entries_count = 0
-
-        async def flush() -> None:
-            nonlocal batch, entries_count
-            if not batch:
-                return
-            todo, batch = batch, []
-
-            async def work(tx: Transaction) -> None:
-                for version, entries in todo:
-                    await tx.put(version, entries)
-
-            await store.transact(work)
-            entries_count += sum(len(e) for _, e in todo)
-            progress.add(len(todo), todo[-1][0].type)
+        writer = BatchWriter(store, args.batch, progress)
 
         async def add(resource: dict, id_: str | None = None) -> str:
             type_ = resource["resourceType"]
@@ -277,9 +262,7 @@ async def load(args: argparse.Namespace) -> int:
             if counts[type_] == 1 or counts[type_] % args.validate_every == 0:
                 validate_resource({**resource, "id": id_})  # raises on an invalid resource
                 validated[type_] += 1
-            batch.append(_build(type_, id_, resource))
-            if len(batch) >= args.batch:
-                await flush()
+            await writer.add(*_build(type_, id_, resource))
             return id_
 
         resources, people = directory(rng, args.organizations, args.professionals)
@@ -339,7 +322,7 @@ async def load(args: argparse.Namespace) -> int:
                 readable = [d for d in docs if not d[2] and matrix.allows("10", *d[3])]
                 if readable:
                     read_targets.append({"patient": patient_id, "document": readable[0][0]})
-        await flush()
+        await writer.flush()
         if progress.done != progress.last_done:
             progress.add(0, "done", force=True)
         loaded = time.monotonic() - started
@@ -375,7 +358,7 @@ async def load(args: argparse.Namespace) -> int:
         "index_rebuild_seconds": round(rebuild, 1),
         "size_bytes": size,
         "resources": dict(counts),
-        "index_entries": entries_count,
+        "index_entries": writer.entries,
         "validated": dict(validated),
         "patients": n_pat + 1,
         "docs_per_patient": per,
@@ -404,7 +387,7 @@ async def load(args: argparse.Namespace) -> int:
     }
     facts_path(path).write_text(json.dumps(facts, indent=1, ensure_ascii=False) + "\n")
     print(
-        f"loaded {total:,} resources ({entries_count:,} index entries) in {loaded:,.1f}s = {total / loaded:,.0f}/s; "
+        f"loaded {total:,} resources ({writer.entries:,} index entries) in {loaded:,.1f}s = {total / loaded:,.0f}/s; "
         f"index rebuild {rebuild:,.1f}s; total {elapsed:,.1f}s ({cpu_seconds:,.0f} s of CPU)\n"
         f"database {path}: {size / 2**20:,.1f} MiB\n"
         f"resources: " + ", ".join(f"{t} {c:,}" for t, c in counts.items()) + "\n"

@@ -56,7 +56,7 @@ from fhir_server.fhirjson import dumps
 from fhir_server.instant import now_us
 from fhir_server.interactions.crud import stamp
 from fhir_server.search.indexing import index_entries
-from fhir_server.store import IndexEntry, ResourceVersion, Transaction, open_store, sqlite_path
+from fhir_server.store import IndexEntry, ResourceVersion, Store, Transaction, open_store, sqlite_path
 
 INS_SYSTEM = "urn:oid:1.2.250.1.213.1.4.8"  # INS-NIR
 IPP_SYSTEM = "urn:oid:1.2.250.1.71.4.2.7.1.1000000001"
@@ -283,6 +283,33 @@ def _build(type_: str, id_: str, resource: dict) -> tuple[ResourceVersion, list[
     return ResourceVersion(type_, id_, 1, last_updated, "POST", dumps(body)), index_entries(body)
 
 
+class BatchWriter:
+    """Prepared versions written straight to the store, ``size`` per unit of work (the corpus builders)."""
+
+    def __init__(self, store: Store, size: int, progress: Progress) -> None:
+        self.store, self.size, self.progress = store, size, progress
+        self.batch: list[tuple[ResourceVersion, list[IndexEntry]]] = []
+        self.entries = 0  # index entries written
+
+    async def add(self, version: ResourceVersion, entries: list[IndexEntry]) -> None:
+        self.batch.append((version, entries))
+        if len(self.batch) >= self.size:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self.batch:
+            return
+        todo, self.batch = self.batch, []
+
+        async def work(tx: Transaction) -> None:
+            for version, entries in todo:
+                await tx.put(version, entries)
+
+        await self.store.transact(work)
+        self.entries += sum(len(e) for _, e in todo)
+        self.progress.add(len(todo), todo[-1][0].type)
+
+
 class Progress:
     def __init__(self, total: int) -> None:
         self.total = total
@@ -341,22 +368,7 @@ async def load(args: argparse.Namespace) -> int:
         progress = Progress(total)
         dup_at = dict(zip(sorted(rng.sample(range(n_pat), n_dup)), dup_patients(rng, n_dup), strict=True))
         patient_ids: list[str] = []
-        batch: list[tuple[ResourceVersion, list[IndexEntry]]] = []
-        entries_count = 0
-
-        async def flush() -> None:
-            nonlocal batch, entries_count
-            if not batch:
-                return
-            todo, batch = batch, []
-
-            async def work(tx: Transaction) -> None:
-                for version, entries in todo:
-                    await tx.put(version, entries)
-
-            await store.transact(work)
-            entries_count += sum(len(e) for _, e in todo)
-            progress.add(len(todo), todo[0][0].type)
+        writer = BatchWriter(store, args.batch, progress)
 
         for i in range(n_pat):
             if i in dup_at:
@@ -366,15 +378,11 @@ async def load(args: argparse.Namespace) -> int:
                 resource = patient(rng, i, rng.choice(FAMILY))
             id_ = ids.next()
             patient_ids.append(id_)
-            batch.append(_build("Patient", id_, resource))
-            if len(batch) >= args.batch:
-                await flush()
-        await flush()
+            await writer.add(*_build("Patient", id_, resource))
+        await writer.flush()
         for _ in range(n_obs):
-            batch.append(_build("Observation", ids.next(), observation(rng, rng.choice(patient_ids))))
-            if len(batch) >= args.batch:
-                await flush()
-        await flush()
+            await writer.add(*_build("Observation", ids.next(), observation(rng, rng.choice(patient_ids))))
+        await writer.flush()
         if progress.done != progress.last_done:
             progress.add(0, "done", force=True)
         loaded = time.monotonic() - progress.start
@@ -390,7 +398,7 @@ async def load(args: argparse.Namespace) -> int:
     wal = Path(f"{path}-wal")
     wal_size = wal.stat().st_size if wal.exists() else 0
     print(
-        f"loaded {total:,} resources ({entries_count:,} index entries) in {loaded:,.1f}s = "
+        f"loaded {total:,} resources ({writer.entries:,} index entries) in {loaded:,.1f}s = "
         f"{total / loaded:,.0f} resources/s; with index rebuild {elapsed:,.1f}s = {total / elapsed:,.0f} resources/s\n"
         f"database {path}: {size / 2**20:,.1f} MiB (+ WAL {wal_size / 2**20:,.1f} MiB)",
         flush=True,
