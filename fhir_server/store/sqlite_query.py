@@ -67,39 +67,39 @@ class Compiler:
         authorised patient.
         """
         conds = sorted(search.where, key=_rank)
-        parts, driven = [], self.correlated
-        selective = self.correlated
+        parts: list[str] = []
+        driven = selective = self.correlated
         for c in conds:
-            if driven and isinstance(c, Entry):
+            if selective:  # a selective condition drives: every other one is checked per candidate
+                parts.append(self._correlated(c, owner, search.type))
+            elif driven and isinstance(c, Entry):
                 parts.append(self._entry_exists(c, owner, search.type))
-                continue
-            if selective:
-                saved, self.correlated = self.correlated, True
-                try:
-                    parts.append(self.condition(c, owner, search.type))
-                finally:
-                    self.correlated = saved
-                continue
-            if not selective and _rank(c) <= 1 and isinstance(c, (Entry, IdIn)):
+            else:
                 mark = len(self.args)
                 parts.append(self.condition(c, owner, search.type))
-                text = parts[-1]
-                prefix = f"{owner}.id IN ("
-                if text.startswith(prefix) and text.endswith(")"):
-                    self.driver = (text[len(prefix) : -1], list(self.args[mark:]))
-            else:
-                parts.append(self.condition(c, owner, search.type))
+                if _rank(c) <= 1 and isinstance(c, (Entry, IdIn)):
+                    self._drive(parts[-1], owner, self.args[mark:])
             driven = driven or isinstance(c, (Entry, IdIn, Chain, Has))
             selective = selective or _rank(c) <= 1
         return " AND ".join(f"({p})" for p in parts) if parts else "1"
 
+    def _drive(self, sql: str, owner: str, args: list[Any]) -> None:
+        """Remember the id subquery of the selective condition driving this level (``owner.id IN (…)``):
+        chain levels compiled after it consider only the targets its candidates reference."""
+        prefix = f"{owner}.id IN ("
+        if sql.startswith(prefix) and sql.endswith(")"):
+            self.driver = (sql[len(prefix) : -1], list(args))
+
+    def _ids(self, ids: tuple[str, ...], owner: str) -> str:
+        if not ids:
+            return "0"
+        self.args.extend(ids)
+        return f"{owner}.id IN ({', '.join('?' * len(ids))})"
+
     def _entry_exists(self, entry: Entry, owner: str, owner_type: str) -> str:
         s = self._alias("s")
         where = self._entry_tests(entry, s)
-        return (
-            f"EXISTS (SELECT 1 FROM search_index {s} INDEXED BY search_index_by_owner"
-            f" WHERE {s}.type = {owner}.type AND {s}.id = {owner}.id AND {' AND '.join(where)})"
-        )
+        return f"EXISTS ({_owned(s, owner)} AND {' AND '.join(where)})"
 
     def condition(self, cond: Condition, owner: str, owner_type: str) -> str:
         if self.correlated:
@@ -125,10 +125,7 @@ class Compiler:
             case AllOf(conditions=conds):
                 return " AND ".join(f"({self.condition(c, owner, owner_type)})" for c in conds) if conds else "1"
             case IdIn(ids=ids):
-                if not ids:
-                    return "0"
-                self.args.extend(ids)
-                return f"{owner}.id IN ({', '.join('?' * len(ids))})"
+                return self._ids(ids, owner)
             case Chain(param=param, target=target):
                 return self._chain(param, target, owner, owner_type)
             case Has(param=param, source=source):
@@ -143,10 +140,7 @@ class Compiler:
             case Missing(param=param, missing=missing):
                 s = self._alias("s")
                 self.args.append(param)
-                exists = (
-                    f"EXISTS (SELECT 1 FROM search_index {s} INDEXED BY search_index_by_owner"
-                    f" WHERE {s}.type = {owner}.type AND {s}.id = {owner}.id AND {s}.param = ?)"
-                )
+                exists = f"EXISTS ({_owned(s, owner)} AND {s}.param = ?)"
                 return f"NOT {exists}" if missing else exists
             case Not(condition=inner):
                 return f"NOT ({self._correlated(inner, owner, owner_type)})"
@@ -161,19 +155,13 @@ class Compiler:
                     for c in conds:
                         self.args.extend((c.value, c.system))
                     test = f"(+{s}.value, {s}.system) IN (VALUES {', '.join('(?, ?)' for _ in conds)})"
-                return (
-                    f"EXISTS (SELECT 1 FROM search_index {s} INDEXED BY search_index_by_owner"
-                    f" WHERE {s}.type = {owner}.type AND {s}.id = {owner}.id AND {s}.param = ? AND {test})"
-                )
+                return f"EXISTS ({_owned(s, owner)} AND {s}.param = ? AND {test})"
             case AnyOf(conditions=conds):
                 return " OR ".join(f"({self._correlated(c, owner, owner_type)})" for c in conds) if conds else "0"
             case AllOf(conditions=conds):
                 return " AND ".join(f"({self._correlated(c, owner, owner_type)})" for c in conds) if conds else "1"
             case IdIn(ids=ids):
-                if not ids:
-                    return "0"
-                self.args.extend(ids)
-                return f"{owner}.id IN ({', '.join('?' * len(ids))})"
+                return self._ids(ids, owner)
             case Chain(param=param, target=target) if self.driver is not None:
                 # the targets the driver's candidates reference, checked once each (not once per candidate)
                 s, t, s2 = self._alias("s"), self._alias("t"), self._alias("s")
@@ -195,11 +183,7 @@ class Compiler:
                     level.args,
                 )
                 self.args.append(param)
-                return (
-                    f"EXISTS (SELECT 1 FROM search_index {s2} INDEXED BY search_index_by_owner"
-                    f" WHERE {s2}.type = {owner}.type AND {s2}.id = {owner}.id AND {s2}.param = ?"
-                    f" AND {s2}.value IN {targets})"
-                )
+                return f"EXISTS ({_owned(s2, owner)} AND {s2}.param = ? AND {s2}.value IN {targets})"
             case Chain(param=param, target=target):
                 # this row's reference entries → the target row (primary key) → its conditions, per row
                 s, t = self._alias("s"), self._alias("t")
@@ -319,6 +303,14 @@ class Compiler:
             f" AND {s}.param = ? AND {s}.value >= ? AND {s}.value < ?"
         )
         return f"{owner}.id IN ({refs})"
+
+
+def _owned(s: str, owner: str) -> str:
+    """The search index rows ``s`` of the resource row ``owner`` (through the owner index)."""
+    return (
+        f"SELECT 1 FROM search_index {s} INDEXED BY search_index_by_owner"
+        f" WHERE {s}.type = {owner}.type AND {s}.id = {owner}.id"
+    )
 
 
 def _plain_codes(conds: tuple[Condition, ...]) -> bool:
