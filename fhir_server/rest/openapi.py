@@ -228,16 +228,13 @@ def _ref(name: str) -> dict:
     return {"$ref": f"#/components/parameters/{name}"}
 
 
+def _path_parameter(name: str, schema: dict, description: str, **extra: Any) -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": schema, "description": description, **extra}
+
+
 def _path_id(name: str = "id", description: str = "The logical id of the resource", example: str = "example") -> dict:
     """An id in the path; the example is the id of most official R4 examples (a version id: ``1``)."""
-    return {
-        "name": name,
-        "in": "path",
-        "required": True,
-        "schema": {"$ref": "#/components/schemas/id"},
-        "description": description,
-        "example": example,
-    }
+    return _path_parameter(name, {"$ref": "#/components/schemas/id"}, description, example=example)
 
 
 def _json_content(schema: dict) -> dict:
@@ -787,13 +784,7 @@ def _system_paths(rest: dict, parameters: dict[str, Any], types: list[str]) -> d
             for path, method, operation in _export_operations("/$export", tag, [], about):
                 paths.setdefault(path, {})[method] = operation
     if exports:
-        job = {
-            "name": "job",
-            "in": "path",
-            "required": True,
-            "schema": {"type": "string"},
-            "description": "The export job id (from Content-Location)",
-        }
+        job = _path_parameter("job", {"type": "string"}, "The export job id (from Content-Location)")
         paths["/$export-status/{job}"] = {
             "get": _operation(
                 "export-status",
@@ -821,13 +812,7 @@ def _system_paths(rest: dict, parameters: dict[str, Any], types: list[str]) -> d
                 {"202": _response("OperationOutcome"), "4XX": _ERROR},
             ),
         }
-        file_name = {
-            "name": "file",
-            "in": "path",
-            "required": True,
-            "schema": {"type": "string"},
-            "description": "A file name of the manifest",
-        }
+        file_name = _path_parameter("file", {"type": "string"}, "A file name of the manifest")
         paths["/$export-file/{job}/{file}"] = {
             "get": _operation(
                 "export-file",
@@ -850,13 +835,9 @@ def _system_paths(rest: dict, parameters: dict[str, Any], types: list[str]) -> d
         if owner not in known:
             continue
         member_types = sorted({*(m for m in members if m in known), owner})
-        type_param = {
-            "name": "type",
-            "in": "path",
-            "required": True,
-            "schema": {"type": "string", "enum": member_types},
-            "description": f"A type of the {owner} compartment",
-        }
+        type_param = _path_parameter(
+            "type", {"type": "string", "enum": member_types}, f"A type of the {owner} compartment"
+        )
         paths[f"/{owner}/{{id}}/{{type}}"] = {
             "get": _operation(
                 f"search-compartment-{owner}",
