@@ -288,33 +288,27 @@ def _source(base: str) -> dict:
     }
 
 
+def _entity(reference: str, kind: tuple[str, str], role: tuple[str, str]) -> dict:
+    """An entity by reference only (never the content): its audit-entity-type and object-role codes."""
+    return {
+        "what": {"reference": reference},
+        "type": {"system": AUDIT_ENTITY_TYPE, "code": kind[0], "display": kind[1]},
+        "role": {"system": OBJECT_ROLE, "code": role[0], "display": role[1]},
+    }
+
+
 def _entities(access: Access) -> list[dict]:
     """The patients (role 1), then what was touched (role 4), by reference; an operation's facts as details
     of a System Object entity named after it."""
     entities: list[dict] = []
-    seen: set[str] = set()
-    for patient in access.patients:
-        reference = f"Patient/{patient}"
-        if reference in seen:
-            continue
-        seen.add(reference)
-        entities.append({
-            "what": {"reference": reference},
-            "type": {"system": AUDIT_ENTITY_TYPE, "code": "1", "display": "Person"},
-            "role": {"system": OBJECT_ROLE, "code": "1", "display": "Patient"},
-        })  # fmt: skip
-    for resource in access.resources:
-        match = _REFERENCE.match(resource)
-        if match is None:
+    for patient in dict.fromkeys(f"Patient/{p}" for p in access.patients):
+        entities.append(_entity(patient, ("1", "Person"), ("1", "Patient")))
+    seen = {e["what"]["reference"] for e in entities}
+    for resource in dict.fromkeys(access.resources):
+        if _REFERENCE.match(resource) is None:
             raise ValueError(f"not a relative reference Type/id[/_history/n]: {resource!r}")
-        if resource in seen:  # the patient itself, unversioned: already there
-            continue
-        seen.add(resource)
-        entities.append({
-            "what": {"reference": resource},
-            "type": {"system": AUDIT_ENTITY_TYPE, "code": "2", "display": "System Object"},
-            "role": {"system": OBJECT_ROLE, "code": "4", "display": "Domain Resource"},
-        })  # fmt: skip
+        if resource not in seen:  # the patient itself, unversioned: already there
+            entities.append(_entity(resource, ("2", "System Object"), ("4", "Domain Resource")))
     if access.operation or access.details:
         entity: dict = {
             "type": {"system": AUDIT_ENTITY_TYPE, "code": "2", "display": "System Object"},
