@@ -47,7 +47,9 @@ class Settings(BaseSettings):
     max_bundle_entries: int = Field(10_000, ge=1, description="Most entries in a batch/transaction Bundle (413)")
     mongo_write_concern: str = Field("majority", description="MongoDB write concern w= (majority by default)")
     load_definitions: bool = Field(
-        True, description="Store the official SearchParameters at start-up (kept in line with the registry) so GET /SearchParameter lists them"
+        True,
+        description="Store the official SearchParameters at start-up (kept in line with the registry) so "
+        "GET /SearchParameter lists them",
     )
     export_dir: str = Field("./data/export", description="Directory of the $export jobs' state and NDJSON files")
     export_expiry_seconds: int = Field(
