@@ -124,6 +124,9 @@ class GuardedTransaction(Transaction):
         await self.inner.replace_entries(version, entries)
         await self._after(version, "u")
 
+    async def enqueue(self, item) -> None:
+        await self.inner.enqueue(item)  # an outbox item is no resource: the server's own, never the caller's
+
     async def _before(self, version: ResourceVersion, permission: str) -> None:
         self.access.require(version.type, permission)
         key = (version.type, version.id)

@@ -10,6 +10,7 @@ from ..store import ResourceVersion, Store
 from ..store.query import Condition
 from ..validation.remote import IN_PROCESS, InProcess
 from .access import UNRESTRICTED, Access
+from .observers import WriteObserver
 
 
 def no_constraints(type_: str) -> tuple[Condition, ...]:
@@ -27,6 +28,8 @@ class Context:
     constraints: Callable[[str], tuple[Condition, ...]] = no_constraints
     access: Access = UNRESTRICTED
     validator: InProcess = IN_PROCESS  # validates incoming resources (helper processes when configured)
+    #: Shown every version written, inside its unit of work (subscriptions; the request's audit trace).
+    observers: tuple[WriteObserver, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

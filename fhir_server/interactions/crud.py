@@ -11,6 +11,7 @@ from ..store import ResourceVersion, Store, Transaction, VersionConflict
 from ..store.query import Search
 from .access import UNRESTRICTED, GuardedTransaction, within
 from .context import Context, ResourceResult
+from .observers import ObservedTransaction
 
 # Conditional delete of more matches than this is refused (412) rather than run unbounded.
 MAX_CONDITIONAL_DELETE = 1000
@@ -303,7 +304,14 @@ def _criteria(type_: str, criteria: list[tuple[str, str]]) -> Search:
 
 
 async def _transact(ctx: Context, work):
-    """Run ``work`` as one unit of work; a restricted caller's writes go through the access guard."""
+    """Run ``work`` as one unit of work; a restricted caller's writes go through the access guard, then
+    every write is shown to the observers (its AuditEvent, notifications, subscriptions) in the same unit."""
+    if ctx.observers:
+        bare = work
+
+        async def work(tx: Transaction):
+            return await bare(ObservedTransaction(tx, ctx.observers))
+
     if ctx.access is not UNRESTRICTED:
         unguarded = work
 

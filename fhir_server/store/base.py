@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
+from ..notify.outbox import OutboxItem
 from .query import AnyOf, Condition, Entry, IdIn, Search, SortKey
 
 T = TypeVar("T")
@@ -147,6 +148,11 @@ class Transaction(ABC):
         no interaction reaches it). Returns how many of ``ids`` existed. Not available through a wrapping
         transaction (the access guard): only the store's own."""
         raise NotImplementedError(f"{type(self).__name__} cannot purge")
+
+    async def enqueue(self, item: OutboxItem) -> None:
+        """Add ``item`` to the outbox in this unit of work: it exists if and only if the unit commits
+        (``notify/outbox.py``). A wrapping transaction passes it to the store's own."""
+        raise NotImplementedError(f"{type(self).__name__} has no outbox")
 
 
 class VersionConflict(Exception):
