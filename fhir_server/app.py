@@ -10,11 +10,15 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import __version__
+from .audit.middleware import AuditMiddleware
+from .audit.trace import AuditTrail
 from .auth import auth_routes, create_auth_server
 from .config import Settings
 from .interactions import Context
 from .interactions.definitions import load_search_parameters
 from .interactions.export import ExportManager
+from .notify.delivery import build_deliverer
+from .notify.subscriptions import Subscriptions
 from .rest import errors, health, openapi, operation_routes, routes  # noqa: F401 (operation_routes registers its routes)
 from .rest.fastpath import ReadFastPath
 from .search.indexing import use_content_search
@@ -33,6 +37,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     auth = create_auth_server(settings, settings.store) if settings.auth else None
     use_content_search(settings.content_search)
     validator = validators(settings.validation_helpers(), settings.content_search)
+    deliverer = build_deliverer(store, settings)  # the outbox's worker: emails, rest-hooks (fhir_server.notify)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -45,9 +50,11 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
             await load_search_parameters(store)
         app.state.exports = ExportManager(settings)
         await app.state.exports.start()
+        await deliverer.start()
         try:
             yield
         finally:
+            await deliverer.stop()
             await app.state.exports.stop()
             await validator.close()
             if auth is not None:
@@ -66,10 +73,15 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
-    app.state.context = Context(store=store, settings=settings, validator=validator)
+    app.state.deliverer = deliverer
+    # R4 Subscriptions: every write evaluated in its unit of work; delivery results update Subscription.status
+    subscriptions = Subscriptions(store, settings, deliverer)
+    app.state.context = Context(store=store, settings=settings, validator=validator, observers=(subscriptions,))
     errors.install(app)
     # --- SMART authorization server: its endpoints first (/.well-known/…, /auth/…)
     app.state.auth = auth
+    # --- the audit trail (fhir_server.audit): every access of an authenticated caller is traced
+    app.state.audit = AuditTrail(store) if settings.audit else None
     if auth is not None:
         auth.directory = store  # professionals are looked up in the server's own directory data
         app.router.routes.extend(auth_routes())
@@ -82,11 +94,12 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
 
 
 class FhirApp:
-    """Authentication, then the read fast path, then the FastAPI app (``.state`` and ``.router`` reach it)."""
+    """Authentication, then the audit trace, then the read fast path, then the FastAPI app (``.state`` and
+    ``.router`` reach it)."""
 
     def __init__(self, app: FastAPI) -> None:
         self.fastapi = app
-        self.authenticate = Authenticate(ReadFastPath(app, app.state), app.state)
+        self.authenticate = Authenticate(AuditMiddleware(ReadFastPath(app, app.state), app.state), app.state)
         self._entry: ASGIApp = with_cors(self.authenticate, app.state.settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_STORE = "sqlite:///./data/fhir.db"
@@ -62,6 +62,11 @@ class Settings(BaseSettings):
         description="SQLite: current versions kept in memory for reads, checked against PRAGMA data_version on "
         "every read (exact; 0 = off)",
     )
+    audit: bool = Field(
+        True,
+        description="Trace every access of an authenticated caller as AuditEvents, committed before the answer "
+        "(needs auth: without it there is no one to trace); docs/audit.md",
+    )
     content_search: bool = Field(
         False,
         description="Index every string of every resource for _content searches (writes about 2x costlier; "
@@ -96,6 +101,24 @@ class Settings(BaseSettings):
         description="The DMP habilitation matrix file (TSV, docs/policy.md) replacing the shipped one; check it with "
         "`fhir-server matrix check`",
     )
+    # --- notifications: the outbox's delivery worker (fhir_server.notify.delivery), email over SMTP
+    smtp_host: str | None = Field(
+        None, description="SMTP server for email notifications; unset: email disabled (emails stay in the outbox)"
+    )
+    smtp_port: int = Field(25, ge=1, le=65535, description="SMTP server port (587 for starttls, 465 for tls)")
+    smtp_tls: str = Field(
+        "none", description="SMTP transport security: none, starttls (required upgrade) or tls (implicit TLS)"
+    )
+    smtp_username: str | None = Field(None, description="SMTP login (AUTH); unset: no authentication")
+    smtp_password: SecretStr | None = Field(None, description="SMTP password (never logged nor echoed)")
+    smtp_from: str = Field("Mon espace santé <no-reply@localhost>", description="From of the notification emails")
+    smtp_timeout_seconds: float = Field(30.0, gt=0, description="Seconds an SMTP connection or command may take")
+    outbox_poll_seconds: float = Field(
+        5.0, gt=0, description="Seconds between the delivery worker's passes over the outbox (writes wake it too)"
+    )
+    outbox_max_attempts: int = Field(
+        8, ge=1, description="Delivery attempts of a notification (backoff 30 s, 1 min, 2 min… ≤ 1 h) before it fails"
+    )
 
     @field_validator("store")
     @classmethod
@@ -120,6 +143,13 @@ class Settings(BaseSettings):
         if value is not None and (urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).netloc):
             raise ValueError("accepted: an absolute http:// or https:// URL, e.g. https://fhir.example.org/fhir")
         return value
+
+    @field_validator("smtp_tls")
+    @classmethod
+    def _smtp_tls(cls, value: str) -> str:
+        if value.lower() not in ("none", "starttls", "tls"):
+            raise ValueError("accepted: none, starttls or tls")
+        return value.lower()
 
     @field_validator("mongo_write_concern")
     @classmethod

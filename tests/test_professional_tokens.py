@@ -41,6 +41,7 @@ from fhir_server.config import Settings
 from fhir_server.policy.codes import ID_NAT_PS, TRE_G15
 from fhir_server.policy.matrix import HabilitationMatrix
 from fhir_server.policy.professional import Professional
+from fhir_server.store.base import StoreQuery
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -460,3 +461,28 @@ def test_cli_professional_token(tmp_path: Path, capsys: pytest.CaptureFixture, m
     ):
         code, out, err = run(*argv)
         assert code == 2 and out == "" and err.startswith("error: ") and err.count("\n") == 1, (argv, err)
+
+
+# --- the trace of issuance (issue 11) ----------------------------------------------------------------------------
+async def _login_events(ps: PsServer) -> list[dict]:
+    store = ps.s.app.state.context.store
+    events = [json.loads(v.body) for v in await store.search(StoreQuery("AuditEvent"), 1000)]
+    return sorted((e for e in events if e["type"]["code"] == "110114"), key=lambda e: e["recorded"])
+
+
+async def test_every_token_issued_or_refused_is_traced(ps: PsServer) -> None:
+    why = "Patient inconscient, régulation SAMU"
+    body = await ps.granted("user/*.rs access-mode/bris_de_glace", justification=why)
+    assert error(await ps.token(sub="810999999999")) == (400, "invalid_grant")
+    issued, refused = await _login_events(ps)
+    assert issued["outcome"] == "0" and issued["subtype"][0]["code"] == "110122"
+    person = issued["agent"][0]
+    assert person["who"]["identifier"]["value"] == MED and person["role"][0]["coding"][0]["code"] == "10"
+    assert person["policy"] == [ps.auth.verify_access_token(body["access_token"], BASE)["jti"]]
+    assert {c["code"] for c in issued["purposeOfEvent"][0]["coding"]} == {"BTG", "bris_de_glace"}
+    assert issued["purposeOfEvent"][0]["text"] == why
+    assert refused["outcome"] == "4" and "invalid_grant" in refused["outcomeDesc"]
+    assert refused["agent"][0]["who"]["identifier"]["value"] in ("ehr", "unknown client")
+    for event in (issued, refused):  # never a token, an assertion or a secret
+        text = json.dumps(event)
+        assert body["access_token"] not in text and "assertion" not in text and "eyJ" not in text

@@ -18,6 +18,7 @@ to read. ``docs/audit.md`` shows the whole shape.
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ AUDIT_ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
 SECURITY_ROLE_TYPE = "http://terminology.hl7.org/CodeSystem/extra-security-role-type"
 NETWORK_TYPE = "http://hl7.org/fhir/network-type"
+BALP_ENTITY_TYPE = "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType"
 #: Identifier systems of this project for what has no national identifier.
 OS_USER = "https://github.com/fhir-server/fhir-server/NamingSystem/os-user"  # an operator's account
 CLIENT_ID_PATH = "/auth/clients"  # [base]/auth/clients: the client ids this server's authorization server issued
@@ -54,6 +56,8 @@ CLIENT_ID_PATH = "/auth/clients"  # [base]/auth/clients: the client ids this ser
 REST = {"system": AUDIT_EVENT_TYPE, "code": "rest", "display": "RESTful Operation"}
 PATIENT_RECORD = {"system": DICOM, "code": "110110", "display": "Patient Record"}
 AUDIT_LOG_USED = {"system": DICOM, "code": "110101", "display": "Audit Log Used"}
+USER_AUTHENTICATION = {"system": DICOM, "code": "110114", "display": "User Authentication"}
+LOGIN = {"system": DICOM, "code": "110122", "display": "Login"}  # its subtype: a token issued or refused
 
 #: restful-interaction code → AuditEvent.action (R4: C create, R read/view, U update, D delete, E execute).
 #: A search or an operation executes a query (E), as BALP's Query pattern says; reading history is a read.
@@ -148,6 +152,9 @@ class Access:
     address: str | None = None  # the client's network address, when known
     details: Sequence[tuple[str, str]] = ()  # (type, value) facts of an operation (e.g. ("purged", "12"))
     action: str | None = None  # default: the interaction's (ACTIONS); an operation that deletes says "D"
+    query: str | None = None  # a search's query string (BALP Query entity, base64), never logged
+    request_id: str | None = None  # the client's X-Request-Id (BALP XrequestId entity)
+    subtype: dict | None = None  # a Coding other than the restful interaction (token issuance: DICOM Login)
 
 
 def build_audit_event(access: Access) -> dict:
@@ -169,7 +176,7 @@ def build_audit_event(access: Access) -> dict:
         "resourceType": "AuditEvent",
         "meta": {"profile": [TDE_PROFILE]},
         "type": dict(access.event_type or REST),
-        "subtype": [_subtype(access.interaction)],
+        "subtype": [dict(access.subtype) if access.subtype else _subtype(access.interaction)],
         "action": access.action or ACTIONS[access.interaction],
         "period": period,
         "recorded": to_instant(recorded),
@@ -309,7 +316,7 @@ def _entities(access: Access) -> list[dict]:
             raise ValueError(f"not a relative reference Type/id[/_history/n]: {resource!r}")
         if resource not in seen:  # the patient itself, unversioned: already there
             entities.append(_entity(resource, ("2", "System Object"), ("4", "Domain Resource")))
-    if access.operation or access.details:
+    if access.operation or access.details or access.query is not None:
         entity: dict = {
             "type": {"system": AUDIT_ENTITY_TYPE, "code": "2", "display": "System Object"},
             "role": {"system": OBJECT_ROLE, "code": "13" if access.event_type == AUDIT_LOG_USED else "24",
@@ -317,7 +324,12 @@ def _entities(access: Access) -> list[dict]:
         }  # fmt: skip
         if access.operation:
             entity["name"] = access.operation
+        if access.query is not None:
+            entity["query"] = base64.b64encode(access.query.encode()).decode("ascii")
         if access.details:
             entity["detail"] = [{"type": t, "valueString": v} for t, v in access.details]
         entities.append(entity)
+    if access.request_id:
+        kind = {"system": BALP_ENTITY_TYPE, "code": "XrequestId", "display": "X-Request-Id"}
+        entities.append({"what": {"identifier": {"value": access.request_id}}, "type": kind})
     return entities

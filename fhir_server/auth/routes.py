@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from ..audit.tokens import trace_token_response
 from . import i18n, interaction
 from .browser import COOKIE, cookie_options, end_session, load_session
 from .clients import PUBLIC
@@ -218,7 +219,11 @@ async def logout(request: Request) -> Response:
 
 
 # --- token, introspection, revocation (RFC 6749, 7662, 7009) -----------------------------------------
-def _oauth_endpoint(run: Callable[[AuthServer, SmartRequest], object]) -> Callable[[Request], Awaitable[Response]]:
+def _oauth_endpoint(
+    run: Callable[[AuthServer, SmartRequest], object], traced: bool = False
+) -> Callable[[Request], Awaitable[Response]]:
+    """``traced``: every answer is an AuditEvent committed before it is sent (the token endpoint)."""
+
     async def endpoint(request: Request) -> Response:
         try:
             form = await read_form(request)
@@ -230,12 +235,18 @@ def _oauth_endpoint(run: Callable[[AuthServer, SmartRequest], object]) -> Callab
         auth = _auth(request)
         oauth_request = SmartRequest("POST", str(request.url), request.headers, {}, form, issuer(request))
         result = await run_in_threadpool(run, auth, oauth_request)
+        if traced:
+            status, body, _ = result  # type: ignore[misc]
+            client = request.client.host if request.client else None
+            await trace_token_response(
+                getattr(request.app.state, "audit", None), issuer(request), form, status, body, client
+            )
         return _tuple_response(result)  # type: ignore[arg-type]
 
     return endpoint
 
 
-token = _oauth_endpoint(lambda auth, req: auth.oauth.create_token_response(req))
+token = _oauth_endpoint(lambda auth, req: auth.oauth.create_token_response(req), traced=True)
 introspect = _oauth_endpoint(lambda auth, req: auth.oauth.create_endpoint_response("introspection", req))
 revoke = _oauth_endpoint(lambda auth, req: auth.oauth.create_endpoint_response("revocation", req))
 

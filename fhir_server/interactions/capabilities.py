@@ -26,6 +26,16 @@ TYPE_OPERATIONS = {
     ],
     "Group": [{"name": "export", "definition": f"{_BULK}/group-export"}],
 }
+#: R4 has no CapabilityStatement element for the Subscription channels a server runs (its only extension,
+#: capabilitystatement-websocket, names a websocket endpoint, which this server has not): they are stated in
+#: the resource's ``documentation`` (docs/notifications.md).
+RESOURCE_DOCUMENTATION = {
+    "Subscription": "R4 Subscriptions, evaluated on every create and update. Supported channel.type: "
+    "`rest-hook` (endpoint: an absolute http(s) URL; no payload: an empty POST to the endpoint; payload "
+    "`application/fhir+json`: the resource PUT to [endpoint]/[type]/[id]) and `email` (endpoint `mailto:`; the "
+    "notification names the resource type and its link, never its content). Not supported: websocket, sms, "
+    "message. A Subscription is its owner's and notifies only about what the owner's token may read.",
+}
 _INTERACTIONS = [
     "read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type",
 ]  # fmt: skip
@@ -59,6 +69,7 @@ def _resource(type_: str) -> dict:
         "type": type_,
         "profile": f"http://hl7.org/fhir/StructureDefinition/{type_}",
         "supportedProfile": supported_profiles(type_),  # this server's own (profiles/), checked by $validate
+        "documentation": RESOURCE_DOCUMENTATION.get(type_),
         "interaction": [{"code": c} for c in _INTERACTIONS if not (immutable and c in ("update", "patch", "delete"))],
         "versioning": "versioned-update",
         "readHistory": True,
@@ -72,7 +83,7 @@ def _resource(type_: str) -> dict:
         "searchParam": search,
     }
     entry["operation"] = [*RESOURCE_OPERATIONS, *TYPE_OPERATIONS.get(type_, [])]
-    return {k: v for k, v in entry.items() if v != []}
+    return {k: v for k, v in entry.items() if v != [] and v is not None}
 
 
 # Parameters of every type, and of system-level search (GET [base]?_type=…&…).

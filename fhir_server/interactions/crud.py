@@ -82,6 +82,10 @@ async def _write(
         stored = ResourceVersion(type_, id_, version, last_updated, method, None)
         await tx.put(stored, ())
         return stored
+    if type_ == "Subscription":  # criteria and channel checked, status set by the server (docs/notifications.md)
+        from ..notify.subscriptions import normalise  # notify sits above interactions: imported on use
+
+        resource, prepared = normalise(resource), None
     body = stamp(resource, id_, version, last_updated)
     stored = ResourceVersion(type_, id_, version, last_updated, method, dumps(body))
     written = await tx.put(stored, index_entries(body) if prepared is None else restamped(prepared, body))
@@ -305,18 +309,20 @@ def _criteria(type_: str, criteria: list[tuple[str, str]]) -> Search:
 
 async def _transact(ctx: Context, work):
     """Run ``work`` as one unit of work; a restricted caller's writes go through the access guard, then
-    every write is shown to the observers (its AuditEvent, notifications, subscriptions) in the same unit."""
-    if ctx.observers:
-        bare = work
-
-        async def work(tx: Transaction):
-            return await bare(ObservedTransaction(tx, ctx.observers))
-
+    every write is shown to the observers (its AuditEvent, notifications, subscriptions) in the same unit.
+    The guard wraps the observed transaction: observers see what the guard let through, with the store's own
+    transaction (what they write is the server's, not checked against the caller)."""
     if ctx.access is not UNRESTRICTED:
         unguarded = work
 
         async def work(tx: Transaction):
             return await unguarded(GuardedTransaction(tx, ctx.access))
+
+    if ctx.observers:  # under the guard: they see what it let through, write with the store's own
+        bare = work
+
+        async def work(tx: Transaction):
+            return await bare(ObservedTransaction(tx, ctx.observers))
 
     try:
         return await ctx.store.transact(work)

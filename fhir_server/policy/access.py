@@ -35,7 +35,8 @@ class _Deposits:
     async def prepare_write(
         self, tx: Transaction, version: ResourceVersion, entries: Sequence[IndexEntry]
     ) -> tuple[ResourceVersion, Sequence[IndexEntry]]:
-        return await deposits.apply_defaults(tx, version, entries)
+        version, entries = await deposits.apply_defaults(tx, version, entries)
+        return await super().prepare_write(tx, version, entries)  # type: ignore[misc] (ScopedAccess: Subscriptions)
 
 
 class BackendAccess(_Deposits, ScopedAccess):

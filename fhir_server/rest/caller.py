@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from starlette.requests import Request
 
+from ..audit.middleware import TRACE_KEY
 from ..interactions import Context
 from ..security.authenticate import ACCESS_KEY
 
@@ -19,5 +20,8 @@ def context(request: Request) -> Context:
         access = request.scope.get(ACCESS_KEY)
         if access is not None:
             ctx = replace(ctx, constraints=access.constraints, access=access)
+        trace = request.scope.get(TRACE_KEY)
+        if trace is not None:  # its writes are traced in their own unit of work
+            ctx = replace(ctx, observers=(*ctx.observers, trace))
         request.scope[_CONTEXT_KEY] = ctx
     return ctx

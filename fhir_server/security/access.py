@@ -9,21 +9,35 @@ Data confinement, per grant (http://hl7.org/fhir/smart-app-launch/scopes-and-lau
   the patients they manage; a professional user is not narrowed here (the habilitation-matrix policy
   narrows next).
 - ``system/``: not narrowed (backend services of trusted professional software).
+Subscriptions are each caller's own: outside ``system/`` grants, a Subscription is reached only by the client
+and user that wrote it (its owner tag, set by ``prepare_write``; docs/notifications.md).
 Granular criteria (``?category=…``) are parsed by the search engine and ANDed in; grants OR together.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
+
 from ..errors import FhirError
 from ..interactions.access import NOTHING, READ_OR_SEARCH, Access
 from ..search.compartments import compartment_condition, definitions
+from ..search.indexing import IndexEntry
 from ..search.parameters import parse
-from ..store.query import AllOf, AnyOf, Condition, IdIn
+from ..store import ResourceVersion, Transaction
+from ..store.query import AllOf, AnyOf, Condition, Entry, IdIn
 from .principal import Principal
 from .scopes import ScopeGrant
 
 _PATIENT_USERS = ("Patient", "RelatedPerson")
 Filter = tuple[Condition, ...]
+#: The ``meta.tag`` system naming who owns a Subscription (the code: ``owner_tag`` of ``ScopedAccess.owner``).
+SUBSCRIPTION_OWNER = "https://github.com/fhir-server/fhir-server/CodeSystem/subscription-owner"
+
+
+def owner_tag(owner: str) -> str:
+    """An opaque code for an owner (``client_id|sub``): the tag names no one to whoever reads it."""
+    return hashlib.sha256(owner.encode()).hexdigest()[:32]
 
 
 class ScopedAccess(Access):
@@ -44,10 +58,21 @@ class ScopedAccess(Access):
         return f"{self.principal.client_id}|{self.principal.subject}"
 
     def sees_everything(self) -> bool:
+        # system/ only: any other context is confined to its own Subscriptions
         return any(
-            g.type == "*" and {"r", "s"} <= g.permissions and not g.criteria and self._unconfined(g.context)
+            g.type == "*" and {"r", "s"} <= g.permissions and not g.criteria and g.context == "system"
             for g in self.principal.grants
         )
+
+    async def prepare_write(
+        self, tx: Transaction, version: ResourceVersion, entries: Sequence[IndexEntry]
+    ) -> tuple[ResourceVersion, Sequence[IndexEntry]]:
+        """A Subscription is stamped with its owner and the claims it will run under (notify/subscriptions.py)."""
+        if version.type == "Subscription" and version.body is not None:
+            from ..notify.subscriptions import record_subscriber  # notify sits above security: imported on use
+
+            return record_subscriber(self.principal, self.owner(), version)
+        return version, entries
 
     def constraints(self, type_: str, permissions: str = READ_OR_SEARCH) -> Filter:
         key = (type_, permissions)
@@ -76,7 +101,10 @@ class ScopedAccess(Access):
 
     def _grant_filter(self, grant: ScopeGrant, type_: str, writing: bool) -> Filter | None:
         """The data one grant reaches for ``type_``; None when it reaches nothing."""
-        confinement = self._confinement(grant.context, type_, writing)
+        if type_ == "Subscription" and grant.context != "system":
+            confinement: Filter | None = (Entry("_tag", value=owner_tag(self.owner()), system=SUBSCRIPTION_OWNER),)
+        else:
+            confinement = self._confinement(grant.context, type_, writing)
         if confinement is None or not grant.criteria:
             return confinement
         try:

@@ -95,7 +95,7 @@ class Authenticate:
 
     async def _access(self, verifier: TokenVerifier, token: str, scope: Scope) -> ScopedAccess:
         now = time.time()
-        audience = _audience(scope, self._state)
+        audience = request_audience(scope, self._state)
         verified = self._cache.get(token)
         if verified is None:
             try:
@@ -141,7 +141,7 @@ def _bearer(scope: Scope) -> str | None:
     return None
 
 
-def _audience(scope: Scope, state: State) -> str:
+def request_audience(scope: Scope, state: State) -> str:
     """The FHIR base URL this request was addressed to: the configured one, else from the Host header
     (what ``rest.responses.base_url`` derives for links, without building a Request per call)."""
     configured = state.settings.base_url

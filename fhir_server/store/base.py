@@ -8,10 +8,13 @@ change together or not at all.
 
 from __future__ import annotations
 
+import base64
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
+
+import orjson
 
 from ..notify.outbox import OutboxItem
 from .query import AnyOf, Condition, Entry, IdIn, Search, SortKey
@@ -155,6 +158,36 @@ class Transaction(ABC):
         raise NotImplementedError(f"{type(self).__name__} has no outbox")
 
 
+_BYTES_TAG = "$bytes"
+
+
+def _bytes_as_json(value: object) -> object:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {_BYTES_TAG: base64.b64encode(bytes(value)).decode("ascii")}
+    raise TypeError(f"{type(value).__name__} cannot be stored in an outbox payload")
+
+
+def encode_payload(payload: dict[str, Any]) -> bytes:
+    """An outbox item's payload as stored (JSON; bytes values, such as a rest-hook body, tagged as base64)."""
+    return orjson.dumps(payload, default=_bytes_as_json)
+
+
+def decode_payload(data: bytes) -> dict[str, Any]:
+    """The payload ``encode_payload`` stored, bytes values restored."""
+    payload = orjson.loads(data)
+    return _untag(payload) if _BYTES_TAG.encode() in data else payload
+
+
+def _untag(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1 and isinstance(value.get(_BYTES_TAG), str):
+            return base64.b64decode(value[_BYTES_TAG])
+        return {k: _untag(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_untag(v) for v in value]
+    return value
+
+
 class VersionConflict(Exception):
     """Another writer changed the resource between read and write."""
 
@@ -235,6 +268,36 @@ class Store(ABC):
     async def purge(self, type_: str, ids: Sequence[str]) -> int:
         """``Transaction.purge`` in a unit of work of its own (all of ``ids`` or nothing)."""
         return await self.transact(lambda tx: tx.purge(type_, ids))
+
+    # -- the transactional outbox (notify/outbox.py): items are written by ``Transaction.enqueue`` ------------
+
+    async def outbox_claim(
+        self, now: int, lease_until: int, limit: int, *, channels: Sequence[str] | None = None
+    ) -> list[OutboxItem]:
+        """Atomically lease up to ``limit`` pending items due at ``now`` (``due <= now``), oldest due first:
+        their ``due`` becomes ``lease_until``, so no other worker (another process) takes them before then.
+        Returns them as leased (``due`` = ``lease_until``, the attempts made so far). ``channels``: only
+        items of these channels (the others stay untouched)."""
+        raise NotImplementedError(f"{type(self).__name__} has no outbox")
+
+    async def outbox_settle(
+        self,
+        item_id: str,
+        *,
+        delivered: bool,
+        attempts: int,
+        due: int | None = None,
+        error: str | None = None,
+        give_up: bool = False,
+    ) -> None:
+        """Record an attempt: delivered → the item is deleted; else its ``attempts`` and ``last_error`` are
+        updated and it is due again at ``due`` (unchanged if None), or kept as ``failed`` when ``give_up``.
+        An item that no longer exists is ignored."""
+        raise NotImplementedError(f"{type(self).__name__} has no outbox")
+
+    async def outbox_items(self, state: str | None = None) -> list[OutboxItem]:
+        """Every outbox item (of ``state``: pending | failed), by due time (tests, the operator)."""
+        raise NotImplementedError(f"{type(self).__name__} has no outbox")
 
     async def __aenter__(self) -> Store:
         await self.start()

@@ -28,6 +28,12 @@ Indexes (created by ``start``, idempotent)
   * ``index_value`` ``{t, idx.p, idx.v, idx.s}``: multikey, token / string / reference matches.
   * ``index_range`` ``{t, idx.p, idx.lo, idx.hi}``: multikey, date / number / quantity ranges.
 
+``outbox`` (the transactional outbox, notify/outbox.py; not resources)::
+
+    {_id: item id, channel, payload: JSON bytes (as SQLite's), due: µs, attempts, last_error, state}
+
+  * ``outbox_due`` ``{state, due}``: the due pending items, oldest first (``outbox_claim``).
+
 Queries on ``idx`` always use ``$elemMatch`` so that every condition hits the same index entry.
 
 Transactions: every ``transact`` is one multi-document transaction (read concern majority, write concern
@@ -47,7 +53,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from pymongo import AsyncMongoClient, ReadPreference
+from pymongo import AsyncMongoClient, ReadPreference, ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -62,6 +68,7 @@ from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
 from ..errors import FhirError, Issue
+from ..notify.outbox import OutboxItem
 from .base import (
     HistoryQuery,
     IndexEntry,
@@ -73,6 +80,8 @@ from .base import (
     Transaction,
     VersionConflict,
     as_search,
+    decode_payload,
+    encode_payload,
 )
 from .mongo_query import compile_search, sorted_pipeline
 from .query import Condition, Search, SortKey
@@ -82,6 +91,7 @@ T = TypeVar("T")
 DEFAULT_DATABASE = "fhir"
 VERSIONS = "resource_version"
 CURRENT = "resource"
+OUTBOX = "outbox"
 
 #: Attempts of a whole transaction when the server reports a transient error: a write conflict (two
 #: transactions wrote the same document: the later writer fails at once, code 112), a failover. Between
@@ -262,6 +272,7 @@ class MongoTransaction(Transaction):
     def __init__(self, db: AsyncDatabase, session: AsyncClientSession) -> None:
         self._versions = db[VERSIONS]
         self._current = db[CURRENT]
+        self._outbox = db[OUTBOX]
         self._session = session
 
     async def read_current(self, type_: str, id_: str) -> ResourceVersion | None:
@@ -336,6 +347,33 @@ class MongoTransaction(Transaction):
             await self._versions.delete_many({"t": type_, "i": {"$in": chunk}}, session=self._session)
         return found
 
+    async def enqueue(self, item: OutboxItem) -> None:
+        await self._outbox.insert_one(_outbox_doc(item), session=self._session)
+
+
+def _outbox_doc(item: OutboxItem) -> dict[str, Any]:
+    return {
+        "_id": item.id,
+        "channel": item.channel,
+        "payload": encode_payload(item.payload),
+        "due": item.due,
+        "attempts": item.attempts,
+        "last_error": item.last_error,
+        "state": item.state,
+    }
+
+
+def _to_item(doc: dict[str, Any]) -> OutboxItem:
+    return OutboxItem(
+        doc["_id"],
+        doc["channel"],
+        decode_payload(bytes(doc["payload"])),
+        doc["due"],
+        doc.get("attempts", 0),
+        doc.get("last_error"),
+        doc.get("state", "pending"),
+    )
+
 
 async def _read_current(
     current: AsyncCollection,
@@ -397,6 +435,7 @@ class MongoStore(Store):
         await current.create_index([("t", 1), ("del", 1), ("i", 1)], name="current_by_type")
         await current.create_index([("t", 1), ("idx.p", 1), ("idx.v", 1), ("idx.s", 1)], name="index_value")
         await current.create_index([("t", 1), ("idx.p", 1), ("idx.lo", 1), ("idx.hi", 1)], name="index_range")
+        await db[OUTBOX].create_index([("state", 1), ("due", 1)], name="outbox_due")
 
     async def close(self) -> None:
         client, self._client, self._db = self._client, None, None
@@ -527,6 +566,61 @@ class MongoStore(Store):
         with _unavailable():
             flt = await compile_search(db[CURRENT], as_search(query), None)
             return await db[CURRENT].count_documents(flt)
+
+    # -- the transactional outbox ----------------------------------------------------------------------
+
+    async def outbox_claim(
+        self, now: int, lease_until: int, limit: int, *, channels: Sequence[str] | None = None
+    ) -> list[OutboxItem]:
+        """One ``findAndModify`` per item: each lease is atomic, so two workers never take the same item."""
+        if limit <= 0 or (channels is not None and not channels):
+            return []
+        outbox = self._database[OUTBOX]
+        flt: dict[str, Any] = {"state": "pending", "due": {"$lte": now}}
+        if channels is not None:
+            flt["channel"] = {"$in": list(channels)}
+        claimed: list[OutboxItem] = []
+        with _unavailable():
+            while len(claimed) < limit:
+                doc = await outbox.find_one_and_update(
+                    flt,
+                    {"$set": {"due": lease_until}},
+                    sort=[("due", 1), ("_id", 1)],
+                    return_document=ReturnDocument.AFTER,
+                )
+                if doc is None:
+                    break
+                claimed.append(_to_item(doc))
+        return claimed
+
+    async def outbox_settle(
+        self,
+        item_id: str,
+        *,
+        delivered: bool,
+        attempts: int,
+        due: int | None = None,
+        error: str | None = None,
+        give_up: bool = False,
+    ) -> None:
+        outbox = self._database[OUTBOX]
+        with _unavailable():
+            if delivered:
+                await outbox.delete_one({"_id": item_id})
+                return
+            update: dict[str, Any] = {
+                "attempts": attempts,
+                "last_error": error,
+                "state": "failed" if give_up else "pending",
+            }
+            if due is not None:
+                update["due"] = due
+            await outbox.update_one({"_id": item_id}, {"$set": update})
+
+    async def outbox_items(self, state: str | None = None) -> list[OutboxItem]:
+        flt = {"state": state} if state is not None else {}
+        with _unavailable():
+            return [_to_item(doc) async for doc in self._database[OUTBOX].find(flt).sort([("due", 1), ("_id", 1)])]
 
     # -- writes --------------------------------------------------------------------------------------
 

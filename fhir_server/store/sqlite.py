@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+from ..notify.outbox import OutboxItem
 from .base import (
     HistoryQuery,
     IndexEntry,
@@ -27,6 +28,8 @@ from .base import (
     Transaction,
     VersionConflict,
     as_search,
+    decode_payload,
+    encode_payload,
 )
 from .query import Condition, IdIn, Search, SortKey
 from .read_cache import CurrentVersionCache
@@ -88,6 +91,17 @@ CREATE INDEX IF NOT EXISTS search_index_low_high
 -- per-candidate checks (EXISTS) of every condition once a selective one drives a search (sqlite_query.py).
 DROP INDEX IF EXISTS search_index_owner;
 CREATE INDEX IF NOT EXISTS search_index_by_owner ON search_index (type, id, param, value, system);
+-- The transactional outbox (notify/outbox.py): not resources; payload is JSON (orjson), due in µs.
+CREATE TABLE IF NOT EXISTS outbox (
+    id TEXT PRIMARY KEY,
+    channel TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    due INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    state TEXT NOT NULL DEFAULT 'pending'
+);
+CREATE INDEX IF NOT EXISTS outbox_state_due ON outbox (state, due);
 """
 
 _CURRENT = """
@@ -212,6 +226,58 @@ class SQLiteTransaction(Transaction):
 
     async def purge(self, type_: str, ids: Sequence[str]) -> int:
         return _purge(self._conn, type_, ids)
+
+    async def enqueue(self, item: OutboxItem) -> None:
+        self._conn.execute(
+            "INSERT INTO outbox (id, channel, payload, due, attempts, last_error, state) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (item.id, item.channel, encode_payload(item.payload), item.due, item.attempts, item.last_error, item.state),
+        )
+
+
+_OUTBOX_COLUMNS = "id, channel, payload, due, attempts, last_error, state"
+
+
+def _row_to_item(row: tuple) -> OutboxItem:
+    return OutboxItem(row[0], row[1], decode_payload(row[2]), row[3], row[4], row[5], row[6])
+
+
+def _due_where(now: int, channels: Sequence[str] | None) -> tuple[str, list[Any]]:
+    where, args = "state = 'pending' AND due <= ?", [now]
+    if channels is not None:
+        where += f" AND channel IN ({','.join('?' * len(channels))})"
+        args.extend(channels)
+    return where, args
+
+
+def _outbox_claim(
+    conn: sqlite3.Connection, now: int, lease_until: int, limit: int, channels: Sequence[str] | None
+) -> list[OutboxItem]:
+    """In a unit of work, which holds the database's write lock (BEGIN IMMEDIATE): no other process claims
+    between the SELECT and the UPDATE."""
+    where, args = _due_where(now, channels)
+    rows = conn.execute(
+        f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE {where} ORDER BY due, id LIMIT ?", [*args, limit]
+    ).fetchall()
+    conn.executemany("UPDATE outbox SET due = ? WHERE id = ?", [(lease_until, row[0]) for row in rows])
+    return [_row_to_item((*row[:3], lease_until, *row[4:])) for row in rows]
+
+
+def _outbox_settle(
+    conn: sqlite3.Connection,
+    item_id: str,
+    delivered: bool,
+    attempts: int,
+    due: int | None,
+    error: str | None,
+    give_up: bool,
+) -> None:
+    if delivered:
+        conn.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+        return
+    conn.execute(
+        "UPDATE outbox SET attempts = ?, last_error = ?, due = coalesce(?, due), state = ? WHERE id = ?",
+        (attempts, error, due, "failed" if give_up else "pending", item_id),
+    )
 
 
 def _purge(conn: sqlite3.Connection, type_: str, ids: Sequence[str]) -> int:
@@ -468,6 +534,42 @@ class SQLiteStore(Store):
         return self._read_conn.execute(
             *where.statement(f"SELECT count(*) FROM resource r WHERE {where.sql}", where.args)
         ).fetchone()[0]
+
+    async def outbox_claim(
+        self, now: int, lease_until: int, limit: int, *, channels: Sequence[str] | None = None
+    ) -> list[OutboxItem]:
+        if limit <= 0 or (channels is not None and not channels):
+            return []
+        where, args = _due_where(now, channels)
+        if self._read_conn.execute(f"SELECT 1 FROM outbox WHERE {where} LIMIT 1", args).fetchone() is None:
+            return []  # nothing due (the usual poll): no write transaction
+
+        async def claim(tx: Transaction) -> list[OutboxItem]:
+            assert isinstance(tx, SQLiteTransaction)
+            return _outbox_claim(tx._conn, now, lease_until, limit, channels)
+
+        return await self.transact(claim)
+
+    async def outbox_settle(
+        self,
+        item_id: str,
+        *,
+        delivered: bool,
+        attempts: int,
+        due: int | None = None,
+        error: str | None = None,
+        give_up: bool = False,
+    ) -> None:
+        async def settle(tx: Transaction) -> None:
+            assert isinstance(tx, SQLiteTransaction)
+            _outbox_settle(tx._conn, item_id, delivered, attempts, due, error, give_up)
+
+        await self.transact(settle)
+
+    async def outbox_items(self, state: str | None = None) -> list[OutboxItem]:
+        where, args = ("WHERE state = ?", [state]) if state is not None else ("", [])
+        rows = self._read_conn.execute(f"SELECT {_OUTBOX_COLUMNS} FROM outbox {where} ORDER BY due, id", args)
+        return [_row_to_item(row) for row in rows]
 
     async def transact(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
         """Group commit: writers that queue up while a batch runs share its COMMIT.
