@@ -18,6 +18,7 @@ from .interactions import Context
 from .interactions.definitions import load_search_parameters
 from .interactions.export import ExportManager
 from .notify.delivery import build_deliverer
+from .notify.patient import PatientNotifier
 from .notify.subscriptions import Subscriptions
 from .rest import errors, health, openapi, operation_routes, routes  # noqa: F401 (operation_routes registers its routes)
 from .rest.fastpath import ReadFastPath
@@ -82,6 +83,8 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     app.state.auth = auth
     # --- the audit trail (fhir_server.audit): every access of an authenticated caller is traced
     app.state.audit = AuditTrail(store) if settings.audit else None
+    if app.state.audit is not None:  # the patient's notifications are derived from the trail (fhir_server.notify)
+        app.state.audit.listeners.append(PatientNotifier(settings, wake=deliverer.wake))
     if auth is not None:
         auth.directory = store  # professionals are looked up in the server's own directory data
         app.router.routes.extend(auth_routes())

@@ -101,6 +101,11 @@ class Settings(BaseSettings):
         description="The DMP habilitation matrix file (TSV, docs/policy.md) replacing the shipped one; check it with "
         "`fhir-server matrix check`",
     )
+    portal_url: str | None = Field(
+        None,
+        description="The patients' portal: notification emails link to [portal_url]/Communication/[id] "
+        "(default: the FHIR base URL)",
+    )
     # --- notifications: the outbox's delivery worker (fhir_server.notify.delivery), email over SMTP
     smtp_host: str | None = Field(
         None, description="SMTP server for email notifications; unset: email disabled (emails stay in the outbox)"

@@ -237,3 +237,41 @@ async def test_a_rolled_back_transaction_leaves_no_write_trace(trail: Trail):
     (event,) = await trail.new()
     assert (subtype(event), event["outcome"], resources(event)) == ("transaction", "4", [])
     assert (await trail.client.get("/Observation?subject=Patient/max", headers=SYSTEM)).json().get("total") == 0
+
+
+# --- the patient's activity history ------------------------------------------------------------------------------
+MUM = token("user/*.rs", client_id="mes-app", sub="mum-sub", fhirUser="RelatedPerson/mum", managed_patients=["lea"])
+
+
+async def test_the_activity_history_is_the_patients_own_labelled_and_paged(trail: Trail):
+    c = trail.client
+    assert (await c.get("/DocumentReference/lea-cr", headers=MED)).status_code == 200
+    why = "Patiente inconsciente"
+    btg = ps_token("stranger", codes.BRIS_DE_GLACE, justification=why)
+    assert (await c.get("/DocumentReference/lea-cr", headers=btg)).status_code == 200
+    assert (await c.get("/Immunization/max-imm", headers=SYSTEM)).status_code == 200  # Max's, not Léa's
+    doc = {"resourceType": "DocumentReference", "status": "current", "subject": {"reference": "Patient/lea"},
+           "type": {"coding": [{"system": "http://loinc.org", "code": "11488-4"}]},
+           "content": [{"attachment": {"contentType": "application/pdf", "url": "Binary/x"}}]}  # fmt: skip
+    assert (await c.post("/DocumentReference", json=doc, headers=MED)).status_code == 201
+    r = await c.get("/Patient/lea/$activity?lang=en&_count=2", headers=LEA)
+    assert r.status_code == 200, r.text
+    page = r.json()
+    lines = [e["resource"]["text"]["div"] for e in page["entry"]]
+    groups = [e["resource"]["extension"][-1]["valueCoding"]["code"] for e in page["entry"]]
+    assert groups == ["document", "professional-access"]  # newest first: the deposit, then the bris de glace
+    assert "added 1 document(s)" in lines[0] and "Médecin" in lines[0]
+    assert "break-the-glass" in lines[1] and why in lines[1]
+    next_url = next(link["url"] for link in page["link"] if link["relation"] == "next")
+    assert "lang=en" in next_url
+    older = (await c.get(next_url, headers=LEA)).json()
+    seen = [e["resource"]["id"] for e in page["entry"] + older["entry"]]
+    assert len(seen) == len(set(seen))
+    fr = (await c.get("/Patient/lea/$activity", headers=LEA | {"Accept-Language": "fr-FR,fr;q=0.9"})).json()
+    every = [e["resource"] for e in fr["entry"]]
+    assert any("a consulté 1 document(s)" in e["text"]["div"] for e in every)
+    assert all("Patient/lea" in json.dumps(e) for e in every) and not any("max-imm" in json.dumps(e) for e in every)
+    # the representative sees it too; another patient's history is unknown; professionals do not read it
+    assert (await c.get("/Patient/lea/$activity", headers=MUM)).json()["total"] == fr["total"]
+    assert (await c.get("/Patient/max/$activity", headers=LEA)).status_code == 404
+    assert (await c.get("/Patient/lea/$activity", headers=MED)).status_code == 403

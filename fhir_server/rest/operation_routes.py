@@ -1,5 +1,6 @@
 """Operation endpoints: ``$validate``, ``$meta``, ``$meta-add``, ``$meta-delete``, ``Patient/$everything``,
-``Patient/$mask-documents``."""
+``Patient/$mask-documents``, ``Patient/$activity``, ``Patient/$notification-preferences``,
+``Communication/$mark-read`` and ``$mark-unread``."""
 
 from __future__ import annotations
 
@@ -8,14 +9,18 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..errors import Issue, bad_request, operation_outcome
-from ..fhirjson import dumps
+from ..audit import activity
+from ..errors import FhirError, Issue, bad_request, forbidden, operation_outcome
+from ..fhirjson import dumps, loads
+from ..interactions import crud, operations
 from ..interactions import everything as everything_interaction
-from ..interactions import operations
+from ..interactions import search as search_interaction
+from ..notify import centre, preferences
 from ..policy.masking import mask_documents
 from .body import read_resource
 from .responses import base_url, bundle, bundle_entry, fhir_response
 from .routes import context, criteria, resource_type, route
+from .searchset import searchset
 
 
 @route("/{type_name:type}/$validate", "POST")
@@ -111,3 +116,67 @@ async def mask_all_documents(request: Request, resource_id: str) -> Response:
     verb = "masked" if mask else "unmasked"
     issue = Issue("informational", f"{changed} document(s) {verb}", severity="information")
     return fhir_response(request, dumps(operation_outcome([issue])))
+
+
+@route("/Patient/{resource_id:id}/$activity", "GET")
+async def patient_activity(request: Request, resource_id: str) -> Response:
+    """The patient's activity history (audit/activity.py): their AuditEvents, newest first, labelled."""
+    ctx = context(request)
+    principal = getattr(ctx.access, "principal", None)
+    if principal is not None and principal.professional is not None:
+        raise forbidden("The activity history is the patient's: professionals do not read it")
+    await crud.read(ctx, "Patient", resource_id)  # a record the caller cannot see is unknown (404)
+    lang = activity.language(request.query_params.get("lang"), request.headers.get("accept-language"))
+    base = base_url(request)
+    compartment = search_interaction.compartment("Patient", resource_id, "AuditEvent")
+    parsed = await search_interaction.parse_request(
+        ctx, "AuditEvent", activity.search_parameters(criteria(request)), base=base, constraints=(compartment,)
+    )
+    page = await search_interaction.search(ctx, parsed)
+    answer = loads(searchset(base, f"Patient/{resource_id}/$activity", parsed, page))
+    for entry in answer.get("entry", ()):
+        if entry.get("search", {}).get("mode") == "match":
+            entry["resource"] = activity.decorate(entry["resource"], lang)
+    if "lang" in request.query_params:
+        for link in answer.get("link", ()):
+            link["url"] += ("&" if "?" in link["url"] else "?") + urlencode({"lang": lang})
+    return fhir_response(request, dumps(answer))
+
+
+@route("/Patient/{resource_id:id}/$notification-preferences", "GET")
+async def notification_preferences(request: Request, resource_id: str) -> Response:
+    """Which events notify the patient (notify/preferences.py); defaults when none were set."""
+    return fhir_response(request, dumps(preferences.as_parameters(await _preferences(request, resource_id))))
+
+
+@route("/Patient/{resource_id:id}/$notification-preferences", "POST")
+async def set_notification_preferences(request: Request, resource_id: str) -> Response:
+    ctx = context(request)
+    current = await _preferences(request, resource_id)
+    basic = preferences.from_parameters(resource_id, await read_resource(request), current)
+    await crud.update(ctx, "Basic", basic["id"], basic)
+    return fhir_response(request, dumps(preferences.as_parameters(preferences.choices(basic))))
+
+
+async def _preferences(request: Request, patient: str) -> dict[str, bool]:
+    ctx = context(request)
+    await crud.read(ctx, "Patient", patient)  # a record the caller cannot see is unknown (404)
+    try:
+        stored = await crud.read(ctx, "Basic", preferences.resource_id(patient))
+    except FhirError as exc:
+        if exc.status not in (404, 410):
+            raise
+        return preferences.choices(None)
+    return preferences.choices(loads(stored.body or b"{}"))
+
+
+@route("/Communication/{resource_id:id}/$mark-read", "POST")
+async def mark_read(request: Request, resource_id: str) -> Response:
+    found = await centre.mark(context(request), resource_id, read=True)
+    return fhir_response(request, found.body)
+
+
+@route("/Communication/{resource_id:id}/$mark-unread", "POST")
+async def mark_unread(request: Request, resource_id: str) -> Response:
+    found = await centre.mark(context(request), resource_id, read=False)
+    return fhir_response(request, found.body)

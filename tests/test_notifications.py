@@ -1,0 +1,210 @@
+"""The patient's notifications end to end, on both stores (issue 11): each event of the list — a professional's
+access (once per professional and day), an emergency access (always, and to the médecin traitant), a document
+added or replaced, a privacy choice changed by someone else — becomes a Communication in the patient's
+notification centre and an email through a real SMTP server (aiosmtpd), without health details; preferences
+turn events off except emergencies; the centre marks read/unread and deletes; the outbox survives a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from aiosmtpd.controller import Controller
+from conftest import FHIR_BASE
+from test_access_control import StandInVerifier, token
+from test_delivery import Inbox, smtp_server
+from test_policy import directory, ps_token, record
+
+from fhir_server.app import create_app
+from fhir_server.config import Settings
+from fhir_server.notify.patient import EVENT_SYSTEM
+from fhir_server.policy import codes
+from fhir_server.store import open_store
+from fhir_server.store.base import StoreQuery
+
+LEA = token("patient/*.cruds", client_id="mes-app", sub="lea-sub", fhirUser="Patient/lea", patient="lea")
+MUM = token("user/*.rs user/Consent.cruds", client_id="mes-app", sub="mum-sub", fhirUser="RelatedPerson/mum",
+            managed_patients=["lea"])  # fmt: skip
+SYSTEM = token("system/*.cruds", client_id="feed", sub="feed")
+MED = ps_token("med")
+DOC = {"resourceType": "DocumentReference", "status": "current", "subject": {"reference": "Patient/lea"},
+       "description": "Compte rendu d'IRM cérébrale — suspicion de tumeur",
+       "type": {"coding": [{"system": "http://loinc.org", "code": "11488-4"}]},
+       "author": [{"reference": "PractitionerRole/r-med"}],
+       "content": [{"attachment": {"contentType": "application/pdf", "url": "Binary/x",
+                                   "title": "IRM-tumeur.pdf"}}]}  # fmt: skip
+
+
+@dataclass
+class Space:
+    client: httpx.AsyncClient
+    app: object
+    inbox: Inbox
+
+    async def deliver(self) -> int:
+        return await self.app.state.deliverer.run_once()
+
+    async def centre(self, headers: dict = LEA, query: str = "") -> list[dict]:
+        r = await self.client.get(f"/Communication?recipient=Patient/lea&_sort=-sent{query}", headers=headers)
+        assert r.status_code == 200, r.text
+        return [e["resource"] for e in r.json().get("entry", ())]
+
+    def codes(self, notes: list[dict]) -> list[str]:
+        return [
+            c["coding"][0]["code"] for n in notes for c in n["category"] if c["coding"][0]["system"] == EVENT_SYSTEM
+        ]
+
+
+@pytest.fixture
+def smtp_inbox() -> Iterator[tuple[Controller, Inbox]]:
+    inbox = Inbox()
+    for controller in smtp_server(inbox):
+        yield controller, inbox
+
+
+@contextlib.asynccontextmanager
+async def space(store_url: str, smtp: Controller, inbox: Inbox) -> AsyncIterator[Space]:
+    settings = Settings(store=store_url, auth=False, load_definitions=False, validation_processes=0,
+                        smtp_host="127.0.0.1", smtp_port=smtp.port,
+                        portal_url="https://portail.example/mes")  # fmt: skip
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url=FHIR_BASE) as c:
+        await app.state.deliverer.stop()  # the test drives delivery (run_once), no background pass
+        people = directory() + record()
+        for resource in people:
+            if resource["resourceType"] == "Patient" and resource["id"] == "lea":
+                resource["telecom"] = [{"system": "email", "value": "lea@example.org"}]
+            if resource["resourceType"] == "PractitionerRole" and resource["id"] == "r-gp":
+                resource["telecom"] = [{"system": "email", "value": "gp@cabinet.example"}]
+            r = await c.put(f"/{resource['resourceType']}/{resource['id']}", json=resource)
+            assert r.status_code == 201, r.text
+        app.state.auth = StandInVerifier()
+        yield Space(c, app, inbox)
+
+
+@pytest.fixture
+async def mes(store_url: str, smtp_inbox) -> AsyncIterator[Space]:
+    async with space(store_url, *smtp_inbox) as s:
+        yield s
+
+
+async def test_a_professionals_access_notifies_once_a_day_by_email(mes: Space):
+    for _ in range(3):
+        assert (await mes.client.get("/DocumentReference/lea-cr", headers=MED)).status_code == 200
+    assert (await mes.client.get("/DocumentReference?subject=Patient/lea", headers=MED)).status_code == 200
+    notes = await mes.centre()
+    assert mes.codes(notes) == ["professional-access"]
+    assert "médecin (n° med)" in notes[0]["payload"][0]["contentString"]
+    assert notes[0]["about"][0]["reference"].startswith("AuditEvent/")
+    assert await mes.deliver() == 1
+    ((to, message, _),) = mes.inbox.messages
+    assert to == ["lea@example.org"]
+    text = message.get_body(("plain",)).get_content()
+    assert "a consulté votre dossier" in text and f"https://portail.example/mes/Communication/{notes[0]['id']}" in text
+    # another professional the same day: their own notification
+    assert (await mes.client.get("/DocumentReference/lea-cr", headers=ps_token("pharma"))).status_code == 200
+    assert mes.codes(await mes.centre()) == ["professional-access"] * 2
+
+
+async def test_emergency_access_always_notifies_the_patient_and_the_medecin_traitant(mes: Space):
+    btg = ps_token("stranger", codes.BRIS_DE_GLACE, justification="Patiente inconsciente")
+    assert (await mes.client.get("/DocumentReference/lea-cr", headers=btg)).status_code == 200
+    assert (await mes.client.get("/Immunization?patient=lea", headers=btg)).status_code == 200  # same access
+    samu = ps_token("med", codes.CENTRE_15)
+    assert (await mes.client.get("/Immunization?patient=lea", headers=samu)).status_code == 200
+    notes = [n for n in await mes.centre(SYSTEM, "&category=" + f"{EVENT_SYSTEM}|emergency-access")]
+    assert len(notes) == 2 and all(n["priority"] == "urgent" for n in notes)
+    r = await mes.client.get(f"/Communication?recipient=PractitionerRole/r-gp&category={EVENT_SYSTEM}|emergency-access",
+                             headers=SYSTEM)  # fmt: skip
+    assert r.json()["total"] == 2
+    assert await mes.deliver() == 4
+    recipients = sorted(to[0] for to, _, _ in mes.inbox.messages)
+    assert recipients == ["gp@cabinet.example"] * 2 + ["lea@example.org"] * 2
+    # an emergency notification cannot be turned off
+    body = {"resourceType": "Parameters", "parameter": [{"name": "preference", "part": [
+        {"name": "event", "valueCode": "emergency-access"}, {"name": "enabled", "valueBoolean": False}]}]}  # fmt: skip
+    r = await mes.client.post("/Patient/lea/$notification-preferences", json=body, headers=LEA)
+    assert r.status_code == 400 and "cannot be turned off" in r.text
+
+
+async def test_documents_and_consents_changed_by_others_notify_without_health_details(mes: Space):
+    r = await mes.client.post("/DocumentReference", json=DOC, headers=MED)
+    assert r.status_code == 201
+    doc = r.json()
+    doc["status"] = "superseded"
+    assert (await mes.client.put(f"/DocumentReference/{doc['id']}", json=doc, headers=MED)).status_code == 200
+    consent = (await mes.client.get("/Consent/permit-kine", headers=SYSTEM)).json()
+    consent["status"] = "inactive"
+    assert (await mes.client.put("/Consent/permit-kine", json=consent, headers=MUM)).status_code == 200
+    mine = (await mes.client.get("/Consent/permit-inf", headers=LEA)).json()
+    mine["status"] = "inactive"
+    assert (await mes.client.put("/Consent/permit-inf", json=mine, headers=LEA)).status_code == 200  # her own
+    notes = await mes.centre()
+    assert sorted(mes.codes(notes)) == ["consent-changed", "document-added", "document-replaced"]
+    await mes.deliver()
+    everything = json.dumps(notes) + "".join(m.as_string() for _, m, _ in mes.inbox.messages)
+    for secret in ("IRM", "tumeur", "11488-4", "Compte rendu"):
+        assert secret not in everything
+
+
+async def test_preferences_turn_events_off_and_the_centre_marks_and_deletes(mes: Space):
+    r = await mes.client.get("/Patient/lea/$notification-preferences", headers=MUM)
+    assert r.status_code == 200
+    assert {p["part"][0]["valueCode"]: p["part"][1]["valueBoolean"] for p in r.json()["parameter"]} == {
+        "professional-access": True, "document-added": True, "document-replaced": True, "consent-changed": True,
+        "emergency-access": True}  # fmt: skip
+    off = {"resourceType": "Parameters", "parameter": [{"name": "preference", "part": [
+        {"name": "event", "valueCode": "professional-access"},
+        {"name": "enabled", "valueBoolean": False}]}]}  # fmt: skip
+    assert (await mes.client.post("/Patient/lea/$notification-preferences", json=off, headers=MUM)).status_code == 403
+    assert (await mes.client.post("/Patient/lea/$notification-preferences", json=off, headers=LEA)).status_code == 200
+    assert (await mes.client.get("/Patient/max/$notification-preferences", headers=LEA)).status_code == 404
+    assert (await mes.client.get("/DocumentReference/lea-cr", headers=MED)).status_code == 200
+    assert (await mes.client.post("/DocumentReference", json=DOC, headers=MED)).status_code == 201
+    notes = await mes.centre()
+    assert mes.codes(notes) == ["document-added"]  # the access is not notified any more
+    note = notes[0]
+    assert "received" not in note
+    r = await mes.client.post(f"/Communication/{note['id']}/$mark-read", headers=LEA)
+    assert r.status_code == 200 and r.json()["received"]
+    assert await mes.centre(query="&received:missing=true") == []
+    r = await mes.client.post(f"/Communication/{note['id']}/$mark-unread", headers=LEA)
+    assert r.status_code == 200 and "received" not in r.json()
+    assert len(await mes.centre(query="&received:missing=true")) == 1
+    # nobody else marks it; the patient deletes it
+    assert (await mes.client.post(f"/Communication/{note['id']}/$mark-read", headers=MED)).status_code in (403, 404)
+    assert (await mes.client.delete(f"/Communication/{note['id']}", headers=LEA)).status_code == 204
+    assert await mes.centre() == []
+
+
+async def test_the_outbox_survives_a_restart(store_url: str, smtp_inbox):
+    smtp, inbox = smtp_inbox
+    async with space(store_url, smtp, inbox) as s:
+        assert (await s.client.get("/DocumentReference/lea-cr", headers=MED)).status_code == 200
+        assert inbox.messages == []  # not delivered before the stop
+    store = open_store(store_url)
+    await store.start()
+    try:
+        assert [i.channel for i in await store.outbox_items()] == ["email"]
+    finally:
+        await store.close()
+    settings = Settings(store=store_url, auth=False, load_definitions=False, validation_processes=0,
+                        smtp_host="127.0.0.1", smtp_port=smtp.port)  # fmt: skip
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        await app.state.deliverer.stop()
+        assert await app.state.deliverer.run_once() == 1
+    assert [to for to, _, _ in inbox.messages] == [["lea@example.org"]]
+    store = open_store(store_url)
+    await store.start()
+    try:
+        assert await store.outbox_items() == []
+        assert await store.count(StoreQuery("Communication")) == 1
+    finally:
+        await store.close()
