@@ -92,15 +92,16 @@ CONFINED_SCOPE = "system/DocumentReference.rs?type:not=ATTEST-RESID"
 
 
 # --- the server and its tokens --------------------------------------------------------------------------------
-def start_server(procs: Processes, store: str, log: Path, src: Path | None, timeout: float):
+def start_server(procs: Processes, store: str, log: Path, src: Path | None, timeout: float, name: str = "server",
+                 env_extra: dict[str, str] | None = None):  # fmt: skip
     port = free_port()
     exe = Path(sys.executable).parent / "fhir-server"  # a console script: the cwd is not on sys.path
     cmd = [str(exe), "serve", "--host", "127.0.0.1", "--port", str(port), "--store", store, "--workers", "1",
            "--auth", "on", "--log-level", "warning"]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FHIR_SERVER_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FHIR_SERVER_")} | (env_extra or {})
     if src is not None:  # a copy of the package (an experiment) ahead of the editable install
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src.resolve()), env.get("PYTHONPATH")]))
-    proc = procs.start("server", cmd, log=log, env=env)
+    proc = procs.start(name, cmd, log=log, env=env)
     base = f"http://127.0.0.1:{port}"
     waited = wait_ready(f"{base}/metadata", proc, timeout)
     print(f"server ready in {waited:.1f}s (pid {proc.popen.pid}, port {port}, auth on, 1 worker)", flush=True)

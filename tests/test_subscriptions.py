@@ -214,7 +214,7 @@ async def test_matching_writes_enqueue_one_item_each(store_url):
         assert empty.channel == REST_HOOK and empty.state == "pending" and empty.attempts == 0
         headers = ["Authorization: Bearer s3cret"]
         assert empty.payload == {"url": "https://hooks.example/fhir", "headers": headers, "body": None,
-                                 "subscription": ping["id"]}  # fmt: skip
+                                 "subscription": ping["id"], "resource": f"Observation/{obs['id']}"}  # fmt: skip
         put = items[full["id"]].payload
         assert put["method"] == "PUT" and put["url"] == f"https://hooks.example/fhir/Observation/{obs['id']}?tenant=7"
         assert json.loads(put["body"]) == obs and put["content_type"] == "application/fhir+json"
@@ -342,6 +342,23 @@ async def test_a_subscriber_hears_only_of_what_its_token_may_read(store_url):
         assert {widened["id"], chained["id"], granular["id"]}.isdisjoint(fired)
 
 
+async def test_access_is_checked_again_when_the_notification_leaves(store_url, receiver):
+    """Read rights at delivery time: an Observation moved out of the subscriber's record between the write and
+    the delivery is not announced; a Subscription switched off meanwhile sends nothing."""
+    async with secured(store_url) as (c, app):
+        anne = token("patient/*.cruds", **ANNE)
+        system = token("system/*.cruds")
+        await created(c, subscription("Observation", hook(receiver.url, payload="application/fhir+json")), anne)
+        moved = await created(c, observation("1", "anne"), system)
+        kept = await created(c, observation("2", "anne"), system)
+        assert len(await outbox(app)) == 2
+        moved["subject"] = {"reference": "Patient/bruno"}  # now Bruno's: Anne's token may not read it
+        assert (await c.put(f"/Observation/{moved['id']}", json=moved, headers=system)).status_code == 200
+        assert await app.state.deliverer.run_once() == 2
+        assert await outbox(app) == []  # the withheld one is removed, not retried
+        assert [r.target for r in receiver.requests] == [f"/hook/Observation/{kept['id']}"]
+
+
 async def test_recorded_claims_cannot_be_forged_and_subscriptions_are_their_owners(store_url):
     async with secured(store_url) as (c, app):
         anne = token("patient/*.cruds", **ANNE)
@@ -442,8 +459,7 @@ async def test_rest_hook_end_to_end(store_url, receiver):
         assert empty.headers["authorization"] == "Bearer hook-secret"
         update = by_target[f"/hook/Observation/{full['id']}"]  # R4: "the URL is interpreted as the service base"
         assert json.loads(update.body) == full and update.headers["content-type"] == "application/fhir+json"
-        if update.method != "PUT":
-            pytest.xfail("the rest-hook sender ignores payload['method']: R4 asks for an update (PUT)")
+        assert update.method == "PUT"
         assert ping["id"] not in str(by_target)
 
 

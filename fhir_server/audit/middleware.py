@@ -17,6 +17,7 @@ not fill with their own look-ups.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -31,6 +32,7 @@ from .events import AUDIT_LOG_USED, Actor, build_audit_event, outcome_of_status
 from .trace import AuditTrail, RequestTrace
 
 log = logging.getLogger("fhir_server.audit")
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 TRACE_KEY = "fhir.trace"  # the request's RequestTrace in the ASGI scope (rest.caller adds it as observer)
 _WRITES = ("POST", "PUT", "PATCH", "DELETE")
 _AUDIT_TYPES = frozenset({"AuditEvent"})
@@ -52,7 +54,8 @@ class Target:
 
     @property
     def reference(self) -> str | None:
-        return f"{self.type}/{self.id}" if self.type and self.id else None
+        """``Type/id`` when the URL names a valid id (a malformed one is refused, and traced without it)."""
+        return f"{self.type}/{self.id}" if self.type and self.id and _ID.fullmatch(self.id) else None
 
     @property
     def audit_log(self) -> bool:
@@ -152,7 +155,7 @@ class AuditMiddleware:
                                                    event_type=AUDIT_LOG_USED))]  # fmt: skip
         disclosed_by_write = scope["method"] in _WRITES and resources and interaction not in ("batch", "transaction")
         action = "R" if disclosed_by_write else None  # e.g. a conditional create that matched
-        groups = await self._by_patient(trace, target, resources, body)
+        groups = await self._by_patient(trace, target, resources, body) if status < 400 else {}
         if not groups:
             named = [target.reference] if target.reference and status < 500 else []
             groups = {None: named}
@@ -209,9 +212,9 @@ class _Answer:
 
     def receive_from(self, receive: Receive) -> Receive:
         # POST _search: its parameters are the query to trace; POST [base]: a batch or a transaction?
-        keep = 65536 if self.target.interaction.startswith("search") else self.owner.settings.max_body_bytes
         if self.scope["method"] != "POST" or self.target.interaction not in ("search-type", "search-system", "batch"):
             return receive
+        keep = 65536 if self.target.interaction.startswith("search") else self.owner.settings.max_body_bytes
 
         async def kept() -> Message:
             message = await receive()

@@ -9,13 +9,18 @@ the ASGI side (``audit/middleware.py``) traces what the answer discloses.
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import orjson
 
-from ..instant import now_us
-from ..interactions.crud import create_in
+from ..fhirjson import dumps
+from ..instant import new_id, now_us
+from ..interactions.crud import stamp
+from ..search.indexing import index_entries
 from ..search.patients import patients_in, patients_of
 from ..store import IndexEntry, ResourceVersion, Store, Transaction
 from .events import Access, Actor, build_audit_event
@@ -29,22 +34,77 @@ class AuditTrail:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.listeners: list[Listener] = []
+        self._pending: deque[tuple[Sequence[dict], asyncio.Future]] = deque()
+        self._flusher: asyncio.Task | None = None
 
-    async def put(self, tx: Transaction, events: Sequence[dict]) -> list[dict]:
-        """Write ``events`` in ``tx`` and show them to the listeners (same unit of work)."""
-        stored = []
-        for event in events:
-            result = await create_in(tx, "AuditEvent", event)
-            stored.append(orjson.loads(result.version.body or b"{}"))
+    async def put(self, tx: Transaction, events: Sequence[dict], *, bulk: bool = False) -> list[dict]:
+        """Write ``events`` in ``tx`` and show them to the listeners (same unit of work). ``bulk``: in one
+        append (many events at once: the store may write them off the event loop)."""
+        prepared = [_prepare(event) for event in events]
+        if bulk:
+            await tx.append([(version, entries) for version, entries, _ in prepared])
+        else:
+            for version, entries, _ in prepared:
+                await tx.put(version, entries)
+        stored = [body for _, _, body in prepared]
         for listener in self.listeners:
             await listener(tx, stored)
         return stored
 
     async def commit(self, events: Sequence[dict]) -> None:
-        """Write ``events`` in a unit of work of their own; returns once committed (the store's group commit
-        shares one COMMIT between the requests that arrive together)."""
-        if events:
-            await self.store.transact(lambda tx: self.put(tx, events))
+        """Write ``events`` and return once they are committed. The events of requests that arrive while a
+        batch is being written go together in the next one: one unit of work, one append, one COMMIT."""
+        if not events:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((events, future))
+        if self._flusher is None or self._flusher.done():
+            # Its own task: a request that goes away cannot abandon a batch others wait for.
+            self._flusher = asyncio.create_task(self._flush())
+        await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch = [self._pending.popleft() for _ in range(len(self._pending))]
+            events = [event for group, _ in batch for event in group]
+            try:
+                await self.store.transact(lambda tx, events=events: self.put(tx, events, bulk=True))
+            except Exception as exc:  # nothing committed: every request of the batch learns it
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
+
+
+def _prepare(event: dict) -> tuple[ResourceVersion, list[IndexEntry], dict]:
+    """A new AuditEvent as stored: its id, version 1, lastUpdated; its bytes and index entries."""
+    last_updated = now_us()
+    body = stamp(event, new_id(), 1, last_updated)
+    version = ResourceVersion("AuditEvent", body["id"], 1, last_updated, "POST", dumps(body))
+    return version, audit_entries(body), body
+
+
+#: The elements that change from one event of a caller to the next; the rest (type, subtype, action, outcome,
+#: purpose, agents, source) repeats request after request.
+_VARYING = frozenset({"resourceType", "id", "meta", "period", "recorded", "entity", "outcomeDesc"})
+
+
+def audit_entries(body: dict) -> list[IndexEntry]:
+    """``index_entries(body)``, computed in two parts: the entries of the repeating elements come from a cache
+    (keyed by their JSON), those of the varying ones are extracted. Exact because every AuditEvent search
+    parameter reads paths under one top-level element (a union of such paths at most), so the entries of
+    the whole are the union of the entries of the parts (tests/test_audit_trail.py checks it)."""
+    varying = {k: v for k, v in body.items() if k in _VARYING}
+    repeating = dumps({k: v for k, v in body.items() if k not in _VARYING})
+    return list(dict.fromkeys([*_repeating_entries(repeating), *index_entries(varying)]))
+
+
+@lru_cache(maxsize=4096)
+def _repeating_entries(repeating: bytes) -> tuple[IndexEntry, ...]:
+    return tuple(index_entries({"resourceType": "AuditEvent", **orjson.loads(repeating)}))
 
 
 @dataclass(slots=True)

@@ -38,9 +38,13 @@ BACKOFF_FIRST = 30 * SECOND
 BACKOFF_MAX = 3600 * SECOND
 LEASE = 60 * SECOND
 BATCH = 16  # items claimed and sent concurrently per pass
+WAKE_DELAY = 0.02  # seconds between a wake() and the pass it starts
 
 #: Sends one payload; raises (preferably ``DeliveryError``) when it was not delivered.
 Sender = Callable[[Mapping[str, Any]], Awaitable[None]]
+#: Asked before each send: False withholds the item (removed unsent), e.g. a subscriber who may no longer read
+#: the resource it is about.
+Admission = Callable[[OutboxItem], Awaitable[bool]]
 #: ``(item after this attempt, delivered, error, gave_up)``.
 SettledCallback = Callable[[OutboxItem, bool, "str | None", bool], Awaitable[None]]
 
@@ -79,6 +83,7 @@ class Deliverer:
         self.senders = dict(senders)
         self.clock = clock
         self.on_settled: list[SettledCallback] = [on_settled] if callable(on_settled) else list(on_settled)
+        self.before_send: list[Admission] = []
         self.max_attempts = max(1, max_attempts)
         self.poll = poll
         self.lease = lease
@@ -100,6 +105,10 @@ class Deliverer:
 
     async def _deliver(self, item: OutboxItem, now: int) -> None:
         attempts = item.attempts + 1
+        if not await self._admitted(item):
+            await self.store.outbox_settle(item.id, delivered=True, attempts=attempts)  # removed, unsent
+            log.info("outbox item %s (%s) withheld: no longer admissible", item.id, item.channel)
+            return
         error: str | None = None
         permanent = False
         try:
@@ -136,6 +145,16 @@ class Deliverer:
                 await callback(settled, delivered, error, gave_up)
             except Exception as exc:
                 log.error("outbox item %s: a settlement listener failed: %s", item.id, type(exc).__name__)
+
+    async def _admitted(self, item: OutboxItem) -> bool:
+        for admit in self.before_send:
+            try:
+                if not await admit(item):
+                    return False
+            except Exception as exc:  # cannot tell: not now (retried with the item's next pass)
+                log.error("outbox item %s: an admission check failed: %s", item.id, type(exc).__name__)
+                raise DeliveryError("admission check failed") from None
+        return True
 
     # -- the background loop -----------------------------------------------------------------------------
 
@@ -188,6 +207,7 @@ class Deliverer:
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll)
+                await asyncio.sleep(WAKE_DELAY)  # woken from inside a unit of work: let it commit first
 
 
 def build_deliverer(store: Store, settings: Settings) -> Deliverer:

@@ -59,6 +59,9 @@ class HookSender:
         url = payload.get("url")
         if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
             raise DeliveryError("rest-hook payload without an http(s) URL", permanent=True)
+        method = payload.get("method") or "POST"
+        if method not in ("POST", "PUT"):  # R4 rest-hook: a POST, or a PUT of the resource when it has a payload
+            raise DeliveryError("rest-hook method: POST or PUT expected", permanent=True)
         headers = parse_headers(payload.get("headers"))
         body = payload.get("body")
         if isinstance(body, str):
@@ -70,7 +73,7 @@ class HookSender:
             headers.append(("Content-Type", str(payload.get("content_type") or DEFAULT_CONTENT_TYPE)))
         try:
             # Streamed and never read: only the status matters (a large or slow answer body costs nothing).
-            async with self._http().stream("POST", url, content=body or b"", headers=headers) as response:
+            async with self._http().stream(method, url, content=body or b"", headers=headers) as response:
                 status = response.status_code
         except httpx.TimeoutException as exc:
             raise DeliveryError(f"rest-hook: no answer within {self.timeout:g} s ({type(exc).__name__})") from exc

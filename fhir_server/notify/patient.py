@@ -76,10 +76,14 @@ class PatientNotifier:
         if enqueued and self._wake is not None:
             self._wake()
 
-    async def _notify(self, tx: Transaction, event: dict, patient: str, code: str, key: str | None,
+    async def _notify(self, tx: Transaction, event: dict, patient: str, code: str, raw: str | None,
                       actor: str) -> bool:  # fmt: skip
-        if key is not None and (key in self._sent or await tx.find_ids(_by_key(key), 1)):
-            self._remember(key)
+        if raw is not None and raw in self._sent:
+            self._remember(raw)
+            return False
+        key = _key(raw) if raw is not None else None
+        if key is not None and await tx.find_ids(_by_key(key), 1):
+            self._remember(raw)
             return False
         if code != "emergency-access" and not await preferences.enabled(tx, patient, code):
             return False
@@ -96,8 +100,8 @@ class PatientNotifier:
                 if reference.split("/")[0] in ("Practitioner", "PractitionerRole"):
                     email = await _directory_email(tx, reference)
                     sent |= await self._communication(tx, event, patient, reference, code, None, actor, email, base)
-        if key is not None:
-            self._remember(key)
+        if raw is not None:
+            self._remember(raw)
         return sent
 
     async def _communication(self, tx: Transaction, event: dict, patient: str, recipient: str, code: str,
@@ -128,7 +132,7 @@ class PatientNotifier:
         await tx.enqueue(OutboxItem(new_id(), EMAIL, payload, due=now_us()))
         return True
 
-    def _remember(self, key: str) -> None:
+    def _remember(self, key: str) -> None:  # the raw key: this process's memory only, never stored
         self._sent[key] = None
         self._sent.move_to_end(key)
         while len(self._sent) > 50_000:
@@ -152,11 +156,11 @@ def _notices(event: dict) -> list[tuple[str, str, str | None, str]]:
             mode = _mode(event)
             if mode != "normal":
                 token = ((person or {}).get("policy") or [event["id"]])[0]
-                notices.append((patient, "emergency-access", _key("emergency", patient, token), actor))
+                notices.append((patient, "emergency-access", _raw("emergency", patient, token), actor))
             else:
                 day = (event.get("recorded") or "")[:10]
-                notices.append((patient, "professional-access", _key("ps", patient, _id_nat_ps(person) or actor, day),
-                                actor))  # fmt: skip
+                ps = _id_nat_ps(person) or actor
+                notices.append((patient, "professional-access", _raw("ps", patient, ps, day), actor))
         if self_acting or interaction not in (*_WRITES, "delete"):
             continue
         if interaction in _WRITES and any(r.startswith("DocumentReference/") for r in touched):
@@ -188,9 +192,13 @@ def _by_key(key: str) -> StoreQuery:
     return StoreQuery("Communication", all_of=((TokenMatch("identifier", key, KEY_SYSTEM),),))
 
 
-def _key(*parts: str) -> str:
+def _raw(*parts: str) -> str:
+    return "|".join(parts)
+
+
+def _key(raw: str) -> str:
     """A dedup key that names nobody (a hash): the notification's identifier."""
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
 def _person(event: dict) -> dict | None:

@@ -32,7 +32,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 from ..errors import FhirError, Issue, bad_request, not_supported
 from ..fhirjson import dumps, loads
 from ..instant import date_range, new_id, now_us, to_instant
-from ..interactions.access import NOTHING, UNRESTRICTED, Access
+from ..interactions.access import NOTHING, UNRESTRICTED, Access, within
 from ..interactions.crud import stamp
 from ..policy.access import access_for
 from ..search.indexing import IndexEntry, index_entries
@@ -315,8 +315,10 @@ class Subscriptions:
         self._changed_at = float("-inf")
         self._settling_until = 0.0
         self._lock = asyncio.Lock()
+        self._deliverer = deliverer
         if deliverer is not None:
             deliverer.on_settled.append(self.settled)
+            deliverer.before_send.append(self.admissible)
 
     # -- the WriteObserver side ----------------------------------------------------------------------------
 
@@ -432,6 +434,8 @@ class Subscriptions:
                     continue
                 active = fresh
             await tx.enqueue(self.notification(active, version, now))
+            if self._deliverer is not None:
+                self._deliverer.wake()
 
     async def _turn_off(self, tx: Transaction, active: Active) -> None:
         """R4 Subscription.end: "The time for the server to turn the subscription off" — written in the unit of
@@ -467,7 +471,24 @@ class Subscriptions:
                 "content_type": active.payload,
             }
         payload["subscription"] = active.id
+        payload["resource"] = reference  # checked again against the subscriber's access before it is sent
         return OutboxItem(new_id(), active.channel, payload, due=now)
+
+    async def admissible(self, item: OutboxItem) -> bool:
+        """At delivery time: the Subscription is still live and its subscriber may still read the resource
+        (R4 notifications carry only what the subscriber's token may read, then and now)."""
+        subscription, reference = item.payload.get("subscription"), item.payload.get("resource")
+        if not isinstance(subscription, str) or not isinstance(reference, str):
+            return True  # not a subscription's notification
+        current = await self.store.read_current(TYPE, subscription)
+        if current is None or current.body is None:
+            return False
+        body = loads(current.body, max_depth=1 << 20)
+        if body.get("status") not in LIVE:
+            return False
+        type_, _, id_ = reference.partition("/")
+        access = subscriber_access(body)
+        return access.may(type_, "r") and await within(self.store, type_, id_, access.constraints(type_))
 
     # -- the Deliverer side --------------------------------------------------------------------------------
 

@@ -152,6 +152,12 @@ class Transaction(ABC):
         transaction (the access guard): only the store's own."""
         raise NotImplementedError(f"{type(self).__name__} cannot purge")
 
+    async def append(self, versions: Sequence[tuple[ResourceVersion, Sequence[IndexEntry]]]) -> None:
+        """Store new resources (version 1 of ids never used: nothing current to check or supersede) in this
+        unit of work: an append-only record such as the audit trail. Stores may write them in bulk."""
+        for version, entries in versions:
+            await self.put(version, entries)
+
     async def enqueue(self, item: OutboxItem) -> None:
         """Add ``item`` to the outbox in this unit of work: it exists if and only if the unit commits
         (``notify/outbox.py``). A wrapping transaction passes it to the store's own."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +46,7 @@ from .sqlite_query import (
 
 T = TypeVar("T")
 MAX_BATCH = 64  # units of work per group commit
+CHECKPOINT_INTERVAL = 0.2  # at most one WAL checkpoint per interval (after the batch that ends it)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS resource_version (
@@ -195,6 +197,21 @@ def _put(conn: sqlite3.Connection, version: ResourceVersion, entries: Sequence[I
         )
 
 
+def _append(conn: sqlite3.Connection, versions: Sequence[tuple[ResourceVersion, Sequence[IndexEntry]]]) -> None:
+    conn.executemany(
+        "INSERT INTO resource_version (type, id, version, last_updated, method, body) VALUES (?, ?, ?, ?, ?, ?)",
+        [(v.type, v.id, v.version, v.last_updated, v.method, v.body) for v, _ in versions],
+    )  # a reused id breaks the primary key: the unit fails, nothing is overwritten
+    conn.executemany(
+        "INSERT INTO resource (type, id, version, deleted) VALUES (?, ?, ?, 0)",
+        [(v.type, v.id, v.version) for v, _ in versions],
+    )
+    conn.executemany(
+        "INSERT INTO search_index (type, id, param, value, system, low, high) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(v.type, v.id, *e) for v, entries in versions for e in entries],
+    )
+
+
 class SQLiteTransaction(Transaction):
     """A unit of work's statements run inline, on the event loop: once the batch holds the write lock
     (BEGIN IMMEDIATE, on the writer thread) they never wait for a lock, and with synchronous=NORMAL and
@@ -217,6 +234,11 @@ class SQLiteTransaction(Transaction):
 
     async def put(self, version: ResourceVersion, entries: Sequence[IndexEntry]) -> None:
         _put(self._conn, version, entries)
+
+    async def append(self, versions: Sequence[tuple[ResourceVersion, Sequence[IndexEntry]]]) -> None:
+        # On the writer thread, in three statements: sqlite3 releases the GIL while it inserts, so the
+        # event loop goes on serving requests meanwhile (the audit trail's batches).
+        await self._run(_append, self._conn, versions)
 
     async def rewrite_body(self, version: ResourceVersion) -> None:
         _rewrite_body(self._conn, version)
@@ -400,6 +422,7 @@ class SQLiteStore(Store):
         self._pending: deque[tuple[Callable, asyncio.Future]] = deque()
         self._batcher: asyncio.Task | None = None
         self._checkpointing: asyncio.Future | None = None
+        self._checkpointed = 0.0  # time.monotonic() of the last checkpoint started
         self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
 
     async def start(self) -> None:
@@ -612,8 +635,14 @@ class SQLiteStore(Store):
                     raise
                 return
             _settle(done)
-            # Not awaited: callers are answered now; the next batch's BEGIN queues behind it on the thread.
-            self._checkpointing = asyncio.get_running_loop().run_in_executor(self._writer_thread, _checkpoint, conn)
+            # Not awaited: callers are answered now; the next batch's BEGIN queues behind it on the thread. At
+            # most every CHECKPOINT_INTERVAL under load: a checkpoint fsyncs the database, and copying a page
+            # once for many batches costs far less than once per batch (the next batch waits for it).
+            now = time.monotonic()
+            if now - self._checkpointed >= CHECKPOINT_INTERVAL:
+                self._checkpointed = now
+                loop = asyncio.get_running_loop()
+                self._checkpointing = loop.run_in_executor(self._writer_thread, _checkpoint, conn)
 
     @staticmethod
     async def _run_one(conn: sqlite3.Connection, work: Callable, run: Callable) -> tuple[object, BaseException | None]:
