@@ -180,7 +180,9 @@ async def test_each_interaction_leaves_exactly_its_audit_events(trail: Trail, ca
     assert sorted(got) == sorted(case.events), json.dumps(events, indent=1)[:3000]
     for event in events:
         assert event["outcome"] == case.outcome
-        assert event["meta"]["profile"] == ["https://interop.esante.gouv.fr/ig/fhir/tde/StructureDefinition/tde-auditevent"]
+        assert event["meta"]["profile"] == [
+            "https://interop.esante.gouv.fr/ig/fhir/tde/StructureDefinition/tde-auditevent"
+        ]
         assert event["source"]["observer"]["identifier"]["value"] == FHIR_BASE
         app = [a for a in event["agent"] if a["type"]["coding"][0]["code"] == "110150"]
         assert app and app[0]["network"]["address"] == "192.0.2.7"
