@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -28,9 +29,15 @@ from .store import open_store
 from .validation import warm_up
 from .validation.remote import validators
 
+#: Libraries whose DEBUG/INFO logs quote what they carry (pymongo: the commands, hence the documents): held at
+#: WARNING whatever the server's log level, so health data never reaches the logs.
+QUIET_LOGGERS = ("pymongo",)
+
 
 def create_app(settings: Settings | None = None) -> ASGIApp:
     settings = settings or Settings()
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     store = open_store(
         settings.store, write_concern=settings.mongo_write_concern, read_cache_entries=settings.read_cache_entries
     )

@@ -277,3 +277,29 @@ async def test_the_activity_history_is_the_patients_own_labelled_and_paged(trail
     assert (await c.get("/Patient/lea/$activity", headers=MUM)).json()["total"] == fr["total"]
     assert (await c.get("/Patient/max/$activity", headers=LEA)).status_code == 404
     assert (await c.get("/Patient/lea/$activity", headers=MED)).status_code == 403
+
+
+# --- what the trail writes ---------------------------------------------------------------------------------------
+def test_the_cached_index_entries_of_an_audit_event_are_its_index_entries():
+    from fhir_server.audit.events import AUDIT_LOG_USED, LOGIN, USER_AUTHENTICATION, Access, Actor, build_audit_event
+    from fhir_server.audit.trace import _prepare
+    from fhir_server.search.indexing import index_entries
+    from fhir_server.security.principal import Principal
+
+    ps = Actor.from_principal(Principal.from_claims({**json.loads(base64.urlsafe_b64decode(
+        MED["Authorization"][9:])), "justification": "urgence"}))  # fmt: skip
+    patient = Actor(client_id="mes-app", subject="lea-sub", fhir_user="Patient/lea", purpose_of_use=("PATRQT",))
+    accesses = [
+        Access(ps, "read", FHIR_BASE, patients=["lea"], resources=["DocumentReference/d/_history/2"], address="::1"),
+        Access(ps, "search-type", FHIR_BASE, patients=["lea"], resources=["Observation/o"], query="code=x&_count=2",
+               request_id="r-9", outcome="4"),
+        Access(patient, "update", FHIR_BASE, patients=["lea"], resources=["Consent/c/_history/3"]),
+        Access(Actor(client_id="feed"), "operation", FHIR_BASE, operation="everything", details=(("file", "a"),)),
+        Access(Actor.os_operator("root"), "operation", FHIR_BASE, operation="purge", event_type=AUDIT_LOG_USED,
+               action="D", description="12 purged"),
+        Access(ps, "operation", FHIR_BASE, event_type=USER_AUTHENTICATION, subtype=LOGIN, action="E",
+               patients=["lea"], description="access token issued"),
+    ]  # fmt: skip
+    for access in accesses * 2:  # the second time from the cache
+        _, entries, body = _prepare(build_audit_event(access))
+        assert sorted(entries) == sorted(index_entries(body)), access

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -208,3 +209,24 @@ async def test_the_outbox_survives_a_restart(store_url: str, smtp_inbox):
         assert await store.count(StoreQuery("Communication")) == 1
     finally:
         await store.close()
+
+
+async def test_tracing_and_notifying_log_no_health_data_and_no_token(mes: Space, caplog: pytest.LogCaptureFixture):
+    """Everything the trail and the notifications do, at DEBUG: the logs name no token, no justification, no
+    email address, no document content (the AuditEvents and the notification centre hold what is needed)."""
+    caplog.set_level(logging.DEBUG)
+    why = "Patiente inconsciente, suspicion d'AVC"
+    btg = ps_token("stranger", codes.BRIS_DE_GLACE, justification=why)
+    assert (await mes.client.get("/DocumentReference/lea-cr", headers=btg)).status_code == 200
+    assert (await mes.client.post("/DocumentReference", json=DOC, headers=MED)).status_code == 201
+    assert (await mes.client.get("/DocumentReference?subject=Patient/lea", headers=MED)).status_code == 200
+    assert (await mes.client.get("/DocumentReference/lea-resid", headers=MED)).status_code == 404
+    mes.inbox.refuse.add("lea@example.org")  # a failed delivery is logged too
+    await mes.deliver()
+    ours = [r for r in caplog.records if not r.name.startswith("mail.")]  # aiosmtpd: the test's SMTP server
+    logged = "".join(f"{r.getMessage()} {r.args}" for r in ours)
+    secrets = [btg["Authorization"][7:], MED["Authorization"][7:], why, "lea@example.org", "gp@cabinet.example",
+               "IRM", "tumeur", "11488-4"]  # fmt: skip
+    assert any(r.name.startswith("fhir_server") for r in ours), "the flows log (the emergency access, deliveries)"
+    for secret in secrets:
+        assert secret not in logged, secret
