@@ -6,6 +6,7 @@ patients and resources named, the purpose of use, the request id.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -303,3 +304,27 @@ def test_the_cached_index_entries_of_an_audit_event_are_its_index_entries():
     for access in accesses * 2:  # the second time from the cache
         _, entries, body = _prepare(build_audit_event(access))
         assert sorted(entries) == sorted(index_entries(body)), access
+
+
+async def test_export_kick_off_and_each_file_download_are_traced(trail: Trail):
+    c = trail.client
+    kick = await c.get("/Patient/$export?_type=Immunization", headers=SYSTEM | {"Prefer": "respond-async"})
+    assert kick.status_code == 202, kick.text
+    (started,) = await trail.new()
+    assert (subtype(started), started["entity"][-1]["name"]) == ("operation", "export")
+    status_url = kick.headers["content-location"].removeprefix(FHIR_BASE)
+    for _ in range(400):
+        status = await c.get(status_url, headers=SYSTEM)
+        if status.status_code == 200:
+            break
+        await asyncio.sleep(0.05)
+    assert status.status_code == 200
+    assert await trail.new() == []  # polling the job's state discloses no data
+    outputs = status.json()["output"]
+    for output in outputs:
+        assert (await c.get(output["url"].removeprefix(FHIR_BASE), headers=SYSTEM)).status_code == 200
+    downloads = await trail.new()
+    assert len(downloads) == len(outputs) >= 1
+    for event in downloads:
+        query = next(e for e in event["entity"] if e.get("name") == "export-file")
+        assert query["detail"][0]["type"] == "file" and event["outcome"] == "0"
