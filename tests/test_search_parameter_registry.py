@@ -34,6 +34,11 @@ CUSTOM = {
     ("Consent", "provision-type"): f"{PROJECT}Consent-provision-type",
     ("Consent", "actor-role"): f"{PROJECT}Consent-actor-role",
     ("AuditEvent", "purpose"): f"{PROJECT}AuditEvent-purpose",  # R5's; the access mode of an event (docs/audit.md)
+    # the ANS NdE guide's, for its Subscriptions' criteria (CommunicationRequest?event-type=SOR)
+    (
+        "CommunicationRequest",
+        "event-type",
+    ): "https://interop.esante.gouv.fr/ig/fhir/nde/SearchParameter/NdE-CommunicationRequest-EventType",
 }
 # What the package holds besides its definitions, read by the tests below.
 BUNDLES = (

@@ -163,20 +163,26 @@ async def test_create_checks_criteria_and_channel(store_url):
 
 
 async def test_the_nde_example(store_url):
-    """The ANS NdE Subscription (email, extensions, contained resources) is accepted with standard criteria; its
-    own ``CommunicationRequest?event-type=SOR`` names a SearchParameter this server does not define: a 400 that
-    says so (never a criterion ignored)."""
+    """The ANS NdE Subscription (email, extensions, contained resources) as published: its own criteria
+    ``CommunicationRequest?event-type=SOR`` (the NdE guide's SearchParameter, which the server carries) run, and a
+    discharge declared as the NdE guide shapes it notifies the subscriber."""
     nde = json.loads(NDE.read_text())
-    async with server(store_url) as (c, _):
-        r = await c.post("/Subscription", json={k: v for k, v in nde.items() if k != "id"})
-        assert r.status_code == 400 and "event-type" in r.json()["issue"][0]["diagnostics"]
-        adapted = {**nde, "criteria": "CommunicationRequest?status=active"}
-        adapted.pop("end")
-        made = (await c.put("/Subscription/sub1", json=adapted)).json()
-        assert made["status"] == "active" and made["extension"] == nde["extension"]
+    declaration = json.loads((NDE.parent / "CommunicationRequest-com2.json").read_text())
+    async with server(store_url) as (c, app):
         # Its end (2020) has passed: stored off.
-        made = (await c.put("/Subscription/sub1", json={**adapted, "end": nde["end"], "status": "requested"})).json()
-        assert made["status"] == "off"
+        r = await c.post("/Subscription", json={k: v for k, v in nde.items() if k != "id"})
+        assert r.status_code == 201 and r.json()["status"] == "off"
+        current = {k: v for k, v in nde.items() if k != "end"}
+        made = (await c.put("/Subscription/sub1", json=current)).json()
+        assert made["status"] == "active" and made["extension"] == nde["extension"]
+        assert made["criteria"] == "CommunicationRequest?event-type=SOR"
+        await created(c, {k: v for k, v in declaration.items() if k != "id"})
+        items = await outbox(app)
+        assert [(i.channel, i.payload["subscription"]) for i in items] == [("email", "sub1")]
+        assert items[0].payload["to"] == "pierre.durand@aphp.fr"
+        other = json.loads(json.dumps(declaration).replace('"SOR"', '"ADM"'))
+        await created(c, {k: v for k, v in other.items() if k != "id"})
+        assert len(await outbox(app)) == 1  # an admission is not a discharge
 
 
 def test_criteria_parser_without_the_app():
