@@ -10,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -25,8 +26,9 @@ from fhir_server.policy import codes
 from fhir_server.store.base import StoreQuery
 
 FHIR = "application/fhir+json"
-SYSTEM = token("system/*.cruds", client_id="feed", sub="feed")
-LEA = token("patient/*.cruds", client_id="mes-app", sub="lea-sub", fhirUser="Patient/lea", patient="lea")
+LONG = {"exp": int(time.time()) + 24 * 3600}  # minted at import: valid however long the suite runs
+SYSTEM = token("system/*.cruds", client_id="feed", sub="feed", **LONG)
+LEA = token("patient/*.cruds", client_id="mes-app", sub="lea-sub", fhirUser="Patient/lea", patient="lea", **LONG)
 
 
 @dataclass
@@ -103,7 +105,7 @@ class Case:
     outcome: str = "0"
 
 
-MED = ps_token("med")
+MED = ps_token("med", **LONG)
 PATCH = [{"op": "replace", "path": "/status", "value": "superseded"}]
 CASES = [
     Case("read (fast path)", "GET", "/DocumentReference/lea-cr", MED, 200,
@@ -152,7 +154,8 @@ CASES = [
          body={"resourceType": "Bundle", "type": "batch", "entry": [
              {"request": {"method": "GET", "url": "Immunization/max-imm"}}]}),
     Case("reading the audit log: Audit Log Used, no patient", "GET", "/AuditEvent?patient=lea",
-         token("system/AuditEvent.rs", client_id="auditor", sub="auditor"), 200, [("search-type", "E", [], [])]),
+         token("system/AuditEvent.rs", client_id="auditor", sub="auditor", **LONG), 200,
+         [("search-type", "E", [], [])]),
     Case("the patient reading their own trail", "GET", "/AuditEvent?patient=lea", LEA, 200, []),
 ]  # fmt: skip
 
@@ -243,7 +246,9 @@ async def test_a_rolled_back_transaction_leaves_no_write_trace(trail: Trail):
 
 
 # --- the patient's activity history ------------------------------------------------------------------------------
-MUM = token("user/*.rs", client_id="mes-app", sub="mum-sub", fhirUser="RelatedPerson/mum", managed_patients=["lea"])
+MUM = token(
+    "user/*.rs", client_id="mes-app", sub="mum-sub", fhirUser="RelatedPerson/mum", managed_patients=["lea"], **LONG
+)
 
 
 async def test_the_activity_history_is_the_patients_own_labelled_and_paged(trail: Trail):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -28,11 +29,12 @@ from fhir_server.policy import codes
 from fhir_server.store import open_store
 from fhir_server.store.base import StoreQuery
 
-LEA = token("patient/*.cruds", client_id="mes-app", sub="lea-sub", fhirUser="Patient/lea", patient="lea")
+LONG = {"exp": int(time.time()) + 24 * 3600}  # minted at import: valid however long the suite runs
+LEA = token("patient/*.cruds", client_id="mes-app", sub="lea-sub", fhirUser="Patient/lea", patient="lea", **LONG)
 MUM = token("user/*.rs user/Consent.cruds", client_id="mes-app", sub="mum-sub", fhirUser="RelatedPerson/mum",
-            managed_patients=["lea"])  # fmt: skip
-SYSTEM = token("system/*.cruds", client_id="feed", sub="feed")
-MED = ps_token("med")
+            managed_patients=["lea"], **LONG)  # fmt: skip
+SYSTEM = token("system/*.cruds", client_id="feed", sub="feed", **LONG)
+MED = ps_token("med", **LONG)
 DOC = {"resourceType": "DocumentReference", "status": "current", "subject": {"reference": "Patient/lea"},
        "description": "Compte rendu d'IRM cérébrale — suspicion de tumeur",
        "type": {"coding": [{"system": "http://loinc.org", "code": "11488-4"}]},
