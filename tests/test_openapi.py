@@ -39,7 +39,13 @@ OPERATION_PATHS = {
     "meta-add": [("post", "/{T}/{id}/$meta-add"), ("post", "/{T}/{id}/_history/{vid}/$meta-add")],
     "meta-delete": [("post", "/{T}/{id}/$meta-delete"), ("post", "/{T}/{id}/_history/{vid}/$meta-delete")],
     "everything": [("get", "/{T}/{id}/$everything")],
-}
+    "mask-documents": [("post", "/{T}/{id}/$mask-documents")],
+    "activity": [("get", "/{T}/{id}/$activity")],
+    "notification-preferences": [("get", "/{T}/{id}/$notification-preferences"),
+                                 ("post", "/{T}/{id}/$notification-preferences")],
+    "mark-read": [("post", "/{T}/{id}/$mark-read")],
+    "mark-unread": [("post", "/{T}/{id}/$mark-unread")],
+}  # fmt: skip
 SYSTEM_PATHS = {
     "search-system": [("get", "/"), ("post", "/_search")],
     "history-system": [("get", "/_history")],

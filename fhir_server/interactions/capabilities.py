@@ -19,13 +19,21 @@ _CORE = "http://hl7.org/fhir/OperationDefinition"
 RESOURCE_OPERATIONS = [
     {"name": name, "definition": f"{_CORE}/Resource-{name}"} for name in ("validate", "meta", "meta-add", "meta-delete")
 ]
+#: The project's own operations (docs/policy.md, docs/audit.md, docs/notifications.md).
+PROJECT_OPERATION = "https://github.com/fhir-server/fhir-server/OperationDefinition/"
 TYPE_OPERATIONS = {
     "Patient": [
         {"name": "everything", "definition": f"{_CORE}/Patient-everything"},
         {"name": "export", "definition": f"{_BULK}/patient-export"},
+        *({"name": name, "definition": f"{PROJECT_OPERATION}Patient-{name}"}
+          for name in ("mask-documents", "activity", "notification-preferences")),
     ],
     "Group": [{"name": "export", "definition": f"{_BULK}/group-export"}],
-}
+    "Communication": [
+        {"name": name, "definition": f"{PROJECT_OPERATION}Communication-{name}"}
+        for name in ("mark-read", "mark-unread")
+    ],
+}  # fmt: skip
 #: R4 has no CapabilityStatement element for the Subscription channels a server runs (its only extension,
 #: capabilitystatement-websocket, names a websocket endpoint, which this server has not): they are stated in
 #: the resource's ``documentation`` (docs/notifications.md).

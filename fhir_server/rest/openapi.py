@@ -668,6 +668,12 @@ def _resource_operation(t: str, op: dict) -> list[tuple[str, str, dict]]:
                 ),
             )
         ]
+    if (t, name) in _INSTANCE_OPERATIONS:
+        return [
+            (f"/{t}/{{id}}/${name}", method, _operation(f"{name}-{method}-{t}", t, f"${name}: {summary}",
+                                                       [_path_id(), *params], _ok(answer), **body, **about))
+            for method, summary, params, answer, body in _INSTANCE_OPERATIONS[(t, name)]
+        ]  # fmt: skip
     if name == "export":
         path = f"/{t}/{{id}}/$export" if t == "Group" else f"/{t}/$export"
         ids = [_path_id(description="The Group")] if t == "Group" else []
@@ -680,6 +686,26 @@ def _resource_operation(t: str, op: dict) -> list[tuple[str, str, dict]]:
             _operation(f"{name}-{t}", t, f"${name}", [], _ok("Resource"), requestBody=_request("Parameters"), **about),
         )
     ]
+
+
+#: The project's instance operations: (type, name) → [(method, summary, parameters, answer, request body)].
+_INSTANCE_OPERATIONS: dict[tuple[str, str], list[tuple[str, str, list, str, dict]]] = {
+    ("Patient", "mask-documents"): [
+        ("post", "mask (or unmask) every document of the patient for professionals", [], "OperationOutcome",
+         {"requestBody": {**_request("Parameters"), "required": False}}),
+    ],
+    ("Patient", "activity"): [
+        ("get", "the patient's activity history, newest first, labelled (fr|en)",
+         [_query("lang", {"type": "string", "enum": ["fr", "en"]}, "Language of the labels"), _ref("_count")],
+         "Bundle", {}),
+    ],
+    ("Patient", "notification-preferences"): [
+        ("get", "which events notify the patient", [], "Parameters", {}),
+        ("post", "change which events notify the patient", [], "Parameters", {"requestBody": _request("Parameters")}),
+    ],
+    ("Communication", "mark-read"): [("post", "the recipient opened the notification", [], "Communication", {})],
+    ("Communication", "mark-unread"): [("post", "back to unread", [], "Communication", {})],
+}  # fmt: skip
 
 
 def _export_operations(path: str, tag: str, ids: list, about: dict) -> list[tuple[str, str, dict]]:
