@@ -470,7 +470,12 @@ async def _login_events(ps: PsServer) -> list[dict]:
     return sorted((e for e in events if e["type"]["code"] == "110114"), key=lambda e: e["recorded"])
 
 
-async def test_every_token_issued_or_refused_is_traced(ps: PsServer) -> None:
+async def test_every_token_issued_or_refused_is_traced(store_url: str) -> None:
+    async with ps_running(store_url) as ps:
+        await _every_token_issued_or_refused_is_traced(ps)
+
+
+async def _every_token_issued_or_refused_is_traced(ps: PsServer) -> None:
     why = "Patient inconscient, régulation SAMU"
     body = await ps.granted("user/*.rs access-mode/bris_de_glace", justification=why)
     assert error(await ps.token(sub="810999999999")) == (400, "invalid_grant")
