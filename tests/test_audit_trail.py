@@ -337,3 +337,14 @@ async def test_export_kick_off_and_each_file_download_are_traced(trail: Trail):
     for event in downloads:
         query = next(e for e in event["entity"] if e.get("name") == "export-file")
         assert query["detail"][0]["type"] == "file" and event["outcome"] == "0"
+
+
+async def test_no_answer_leaves_when_its_trace_cannot_be_written(trail: Trail, monkeypatch):
+    async def broken(events):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(trail.app.state.audit, "commit", broken)
+    r = await trail.client.get("/DocumentReference/lea-cr", headers=MED)
+    assert r.status_code == 503 and "lea" not in r.text and "could not be traced" in r.text
+    r = await trail.client.get("/DocumentReference?subject=Patient/lea", headers=MED)
+    assert r.status_code == 503 and "DocumentReference/" not in r.text

@@ -25,6 +25,8 @@ import orjson
 from starlette.datastructures import State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..errors import Issue, operation_outcome
+from ..fhirjson import dumps
 from ..search.patients import patients_of
 from ..security.authenticate import ACCESS_KEY, request_audience
 from ..validation import R4_RESOURCE_TYPES
@@ -209,6 +211,7 @@ class _Answer:
         self.chunks: list[bytes] = []
         self.form = b""
         self.json = True
+        self.withheld = False
 
     def receive_from(self, receive: Receive) -> Receive:
         # POST _search: its parameters are the query to trace; POST [base]: a batch or a transaction?
@@ -225,12 +228,13 @@ class _Answer:
         return kept
 
     async def send(self, message: Message) -> None:
+        if self.withheld:
+            return  # the rest of an answer whose trace failed: never sent
         if message["type"] == "http.response.start":
             self.start = message
             content_type = next((v for k, v in message.get("headers", ()) if k == b"content-type"), b"")
             self.json = b"json" in content_type
-            if self.target.streamed:
-                await self.owner.record(self.trace, self.target, self.scope, message["status"], None, self.form)
+            if self.target.streamed and await self._traced(message["status"], None):
                 await self._send(message)
             return
         if message["type"] != "http.response.body" or self.target.streamed:
@@ -241,10 +245,24 @@ class _Answer:
             return
         assert self.start is not None
         body = b"".join(self.chunks)
-        await self.owner.record(self.trace, self.target, self.scope, self.start["status"],
-                                body if self.json else (b"" if body else None), self.form)  # fmt: skip
-        await self._send(self.start)
-        await self._send({"type": "http.response.body", "body": body})
+        if await self._traced(self.start["status"], body if self.json else (b"" if body else None)):
+            await self._send(self.start)
+            await self._send({"type": "http.response.body", "body": body})
+
+    async def _traced(self, status: int, body: bytes | None) -> bool:
+        """Commit the answer's trace; if that fails, a 503 goes out instead of the answer (no data untraced)."""
+        try:
+            await self.owner.record(self.trace, self.target, self.scope, status, body, self.form)
+        except Exception as exc:
+            log.error("audit trail unavailable, answer withheld: %s", type(exc).__name__)
+            self.withheld = True
+            outcome = dumps(operation_outcome([Issue("transient", "The access could not be traced: retry later")]))
+            headers = [(b"content-type", b"application/fhir+json; charset=utf-8"),
+                       (b"content-length", str(len(outcome)).encode()), (b"retry-after", b"5")]  # fmt: skip
+            await self._send({"type": "http.response.start", "status": 503, "headers": headers})
+            await self._send({"type": "http.response.body", "body": outcome})
+            return False
+        return True
 
 
 def _patient_side(actor: Actor) -> bool:
