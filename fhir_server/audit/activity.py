@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from html import escape
 
-from ..policy.codes import TRE_G15, TRE_R248
 from ..policy.matrix import PROFESSIONS
+from . import reading
 from .events import DICOM
 
 CATEGORY_URL = "https://github.com/fhir-server/fhir-server/StructureDefinition/activity-category"
@@ -59,56 +59,29 @@ def _code(event: dict) -> str:
     return (event.get("subtype") or [{}])[0].get("code", "")
 
 
-def _person(event: dict) -> dict | None:
-    for agent in event.get("agent") or ():
-        if agent.get("requestor") and (agent.get("type") or {}).get("coding", [{}])[0].get("code") == "humanuser":
-            return agent
-    return None
-
-
-def _profession(agent: dict) -> str | None:
-    for concept in agent.get("role") or ():
-        for coding in concept.get("coding") or ():
-            if coding.get("system") == TRE_G15:
-                return coding.get("code")
-    return None
-
-
-def _mode(event: dict) -> str:
-    for concept in event.get("purposeOfEvent") or ():
-        for coding in concept.get("coding") or ():
-            if coding.get("system") == TRE_R248:
-                return coding.get("code", "normal")
-    return "normal"
-
-
-def _touched(event: dict) -> list[str]:
-    return [e["what"]["reference"] for e in event.get("entity") or () if "reference" in e.get("what", {})]
-
-
 def category(event: dict) -> str:
-    person = _person(event)
-    professional = person is not None and (_profession(person) or "identifier" in person.get("who", {}))
+    person = reading.requestor(event)
+    professional = person is not None and (reading.profession(person) or "identifier" in person.get("who", {}))
     code = _code(event)
     if (event.get("type") or {}).get("system") == DICOM or code == "110122":
         return "account"
-    documents = any(r.split("/")[0] in _DOCUMENT_TYPES for r in _touched(event))
+    documents = any(r.split("/")[0] in _DOCUMENT_TYPES for r in reading.touched(event))
     if documents and (code in ("create", "update", "patch", "delete", "transaction") or code == "operation"):
         return "document"
     if professional:
         return "professional-access"
-    if any(r.startswith("Consent/") for r in _touched(event)):
+    if any(r.startswith("Consent/") for r in reading.touched(event)):
         return "account"
     return "app-exchange"
 
 
 def _who(event: dict, lang: str) -> str:
-    person = _person(event)
+    person = reading.requestor(event)
     app = next((a for a in event.get("agent") or () if a is not person), None)
     app_who = (app or {}).get("who", {})
     app_name = app_who.get("display") or app_who.get("identifier", {}).get("value")
     if person is not None:
-        profession = _profession(person)
+        profession = reading.profession(person)
         if profession or person.get("who", {}).get("identifier"):
             unknown = "Professionnel de santé" if lang == "fr" else "Health professional"
             label = PROFESSIONS.get(profession or "", unknown)
@@ -133,10 +106,10 @@ def label(event: dict, lang: str) -> str:
         ok = event.get("outcome") == "0"
         what = ("a obtenu un accès à votre dossier" if ok else "s'est vu refuser un accès") if fr else (
             "was granted access to your record" if ok else "was refused access")  # fmt: skip
-        return f"{_who(event, lang)} {what}{_MODES[_mode(event)][lang]}."
+        return f"{_who(event, lang)} {what}{_MODES[reading.access_mode(event)][lang]}."
     kind = code.split("-")[0]
     verb = _VERBS.get(kind, ("a consulté", "viewed"))[0 if fr else 1]
-    touched = [r for r in _touched(event) if not r.startswith("Patient/") or "/_history/" in r]
+    touched = [r for r in reading.touched(event) if not r.startswith("Patient/") or "/_history/" in r]
     documents = sum(1 for r in touched if r.split("/")[0] == "DocumentReference")
     if documents:
         noun = f"{documents} document(s)"
@@ -144,7 +117,7 @@ def label(event: dict, lang: str) -> str:
         noun = f"{len(touched)} élément(s) de votre dossier" if fr else f"{len(touched)} item(s) of your record"
     else:
         noun = "votre dossier" if fr else "your record"
-    line = f"{_who(event, lang)} {verb} {noun}{_MODES[_mode(event)][lang]}"
+    line = f"{_who(event, lang)} {verb} {noun}{_MODES[reading.access_mode(event)][lang]}"
     if event.get("outcome") not in (None, "0"):
         line += " (refusé)" if fr else " (refused)"
     justification = next((p.get("text") for p in event.get("purposeOfEvent") or () if p.get("text")), None)

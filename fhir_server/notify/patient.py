@@ -28,10 +28,10 @@ from collections.abc import Sequence
 
 import orjson
 
+from ..audit import reading
 from ..config import Settings
 from ..instant import new_id, now_us
 from ..interactions.crud import create_in
-from ..policy.codes import ID_NAT_PS, TRE_G15, TRE_R248
 from ..policy.matrix import PROFESSIONS
 from ..store import Transaction
 from ..store.base import StoreQuery, TokenMatch
@@ -143,23 +143,25 @@ def _notices(event: dict) -> list[tuple[str, str, str | None, str]]:
     """(patient, event code, dedup key or None, who) for each notification ``event`` calls for."""
     if event.get("outcome") != "0" or (event.get("type") or {}).get("code") != "rest":
         return []
-    person = _person(event)
+    person = reading.requestor(event)
     who = (person or {}).get("who", {})
     actor = who.get("reference") or who.get("identifier", {}).get("value") or ""
-    professional = person is not None and (_profession(person) is not None or _id_nat_ps(person) is not None)
+    professional = person is not None and (
+        reading.profession(person) is not None or reading.id_nat_ps(person) is not None
+    )
     interaction = (event.get("subtype") or [{}])[0].get("code", "")
-    touched = [e["what"]["reference"] for e in event.get("entity") or () if "reference" in e.get("what", {})]
+    touched = reading.touched(event)
     notices = []
-    for patient in _patients(event):
+    for patient in reading.patients(event):
         self_acting = actor == f"Patient/{patient}"
         if professional and interaction in _READS:
-            mode = _mode(event)
+            mode = reading.access_mode(event)
             if mode != "normal":
                 token = ((person or {}).get("policy") or [event["id"]])[0]
                 notices.append((patient, "emergency-access", _raw("emergency", patient, token), actor))
             else:
                 day = (event.get("recorded") or "")[:10]
-                ps = _id_nat_ps(person) or actor
+                ps = reading.id_nat_ps(person) or actor
                 notices.append((patient, "professional-access", _raw("ps", patient, ps, day), actor))
         if self_acting or interaction not in (*_WRITES, "delete"):
             continue
@@ -172,14 +174,14 @@ def _notices(event: dict) -> list[tuple[str, str, str | None, str]]:
 
 def _sentence(event: dict, headline: str, actor: str) -> str:
     """The notification's text: what, by whom (profession, RPPS number), when, in which mode."""
-    person = _person(event) or {}
-    profession = _profession(person)
-    number = _id_nat_ps(person)
+    person = reading.requestor(event) or {}
+    profession = reading.profession(person)
+    number = reading.id_nat_ps(person)
     by = ""
     if profession or number:
         label = PROFESSIONS.get(profession or "", "professionnel de santé").lower()
         by = f" par un {label}" + (f" (n° {number})" if number else "")
-    mode = _MODES.get(_mode(event), "")
+    mode = _MODES.get(reading.access_mode(event), "")
     when = (event.get("recorded") or "")[:16].replace("T", " à ")
     return f"{headline}{by}{' ' + mode if mode else ''}, le {when} (UTC)."
 
@@ -199,42 +201,6 @@ def _raw(*parts: str) -> str:
 def _key(raw: str) -> str:
     """A dedup key that names nobody (a hash): the notification's identifier."""
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
-
-
-def _person(event: dict) -> dict | None:
-    for agent in event.get("agent") or ():
-        if agent.get("requestor") and (agent.get("type") or {}).get("coding", [{}])[0].get("code") == "humanuser":
-            return agent
-    return None
-
-
-def _profession(agent: dict) -> str | None:
-    for concept in agent.get("role") or ():
-        for coding in concept.get("coding") or ():
-            if coding.get("system") == TRE_G15:
-                return coding.get("code")
-    return None
-
-
-def _id_nat_ps(agent: dict | None) -> str | None:
-    identifier = (agent or {}).get("who", {}).get("identifier") or {}
-    return identifier.get("value") if identifier.get("system") == ID_NAT_PS else None
-
-
-def _mode(event: dict) -> str:
-    for concept in event.get("purposeOfEvent") or ():
-        for coding in concept.get("coding") or ():
-            if coding.get("system") == TRE_R248:
-                return coding.get("code", "normal")
-    return "normal"
-
-
-def _patients(event: dict) -> list[str]:
-    return [
-        e["what"]["reference"][8:]
-        for e in event.get("entity") or ()
-        if e.get("role", {}).get("code") == "1" and e.get("what", {}).get("reference", "").startswith("Patient/")
-    ]
 
 
 def _email(resource: dict) -> str | None:
