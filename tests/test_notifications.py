@@ -232,3 +232,36 @@ async def test_tracing_and_notifying_log_no_health_data_and_no_token(mes: Space,
     assert any(r.name.startswith("fhir_server") for r in ours), "the flows log (the emergency access, deliveries)"
     for secret in secrets:
         assert secret not in logged, secret
+
+
+async def test_professionals_read_neither_the_trail_nor_the_patients_notifications(mes: Space):
+    """Leak probes: an authorised professional reaches Léa's record, not her audit trail (other professionals'
+    accesses and reasons) nor her notifications — except the emergency copy addressed to them as médecin traitant;
+    and no token makes up a notification or rewrites one."""
+    btg = ps_token("stranger", codes.BRIS_DE_GLACE, justification="Patiente inconsciente", **LONG)
+    assert (await mes.client.get("/DocumentReference/lea-cr", headers=btg)).status_code == 200
+    c = mes.client
+    (mine,) = await mes.centre(SYSTEM)
+    r = await c.get("/Communication?recipient=PractitionerRole/r-gp", headers=SYSTEM)
+    (gp_copy,) = [e["resource"] for e in r.json()["entry"]]
+    for probe in ("/AuditEvent?patient=lea", "/AuditEvent", "/Patient/lea/AuditEvent", "/AuditEvent?_summary=count",
+                  "/Patient?_id=lea&_revinclude=AuditEvent:patient"):  # fmt: skip
+        r = await c.get(probe, headers=MED)
+        assert r.status_code in (200, 403), probe
+        assert "AuditEvent/" not in r.text and "inconsciente" not in r.text and r.json().get("total", 0) == (
+            1 if "_revinclude" in probe else 0), probe  # fmt: skip
+    assert (await c.get("/Patient/lea/$everything", headers=MED)).text.count('"AuditEvent"') == 0
+    assert (await c.get(f"/Communication/{mine['id']}", headers=MED)).status_code == 404
+    r = await c.get("/Communication?subject=Patient/lea", headers=MED)
+    assert r.status_code == 200 and r.json()["total"] == 0
+    gp = ps_token("gp", **LONG)
+    assert (await c.get(f"/Communication/{gp_copy['id']}", headers=gp)).status_code == 200
+    assert (await c.get(f"/Communication/{mine['id']}", headers=gp)).status_code == 404
+    # nobody makes one up, nor rewrites one; its recipient marks it read
+    fake = {k: v for k, v in mine.items() if k not in ("id", "meta")}
+    for headers in (MED, LEA):
+        assert (await c.post("/Communication", json=fake, headers=headers)).status_code == 403
+    forged = {**mine, "payload": [{"contentString": "Tout va bien"}]}
+    assert (await c.put(f"/Communication/{mine['id']}", json=forged, headers=LEA)).status_code == 403
+    assert (await c.post(f"/Communication/{mine['id']}/$mark-read", headers=LEA)).status_code == 200
+    assert (await c.post(f"/Communication/{gp_copy['id']}/$mark-read", headers=gp)).status_code == 200

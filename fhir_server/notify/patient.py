@@ -32,13 +32,14 @@ from ..audit import reading
 from ..config import Settings
 from ..instant import new_id, now_us
 from ..interactions.crud import create_in
+from ..policy.codes import NOTIFICATION_EVENT
 from ..policy.matrix import PROFESSIONS
 from ..store import Transaction
 from ..store.base import StoreQuery, TokenMatch
 from . import preferences
 from .outbox import EMAIL, OutboxItem
 
-EVENT_SYSTEM = "https://github.com/fhir-server/fhir-server/CodeSystem/notification-event"
+EVENT_SYSTEM = NOTIFICATION_EVENT
 KEY_SYSTEM = "https://github.com/fhir-server/fhir-server/NamingSystem/notification-key"
 EMAIL_MODE = {"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationMode", "code": "EMAILWRIT",
               "display": "email"}  # fmt: skip

@@ -40,3 +40,7 @@ ACTOR_ROLE = "https://github.com/fhir-server/fhir-server/CodeSystem/mes-consent-
 ADMINISTRATEUR = "administrateur"
 V3_PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 INFORMATION_RECIPIENT = "IRCP"
+
+#: The patient's notifications (notify/patient.py): Communications of this category are the patient's own and
+#: the server's to write; a professional reads one only when it is addressed to them.
+NOTIFICATION_EVENT = "https://github.com/fhir-server/fhir-server/CodeSystem/notification-event"

@@ -77,6 +77,7 @@ class ProfessionalRules:
         self.mode = mode
         refs = ",".join(professional.refs)
         self._author = refs
+        self._refs = tuple(professional.refs)
         blockers = ",".join(professional.refs_with_organization)
         self.not_blocked: Condition = Not(_patient_has(("provision-type", "deny"), ("actor", blockers)))
         # médecin traitant, or a professional the patient made an "administrateur"
@@ -120,10 +121,17 @@ class ProfessionalRules:
             return (self.not_blocked,)
         if owner_param(type_) is None:
             return ()  # reference data (Practitioner, Medication…); Binary is ruled by its document
+        if type_ == "AuditEvent":
+            return None  # the trail is the patient's and the auditors' (other professionals' accesses, reasons)
         if type_ == "DocumentReference":
             return (self._document(),)
         if type_ == "Consent":
             return (self._consent(),)
+        if type_ == "Communication":
+            # the patient's notifications: only the copy addressed to this professional (the médecin traitant's)
+            not_a_notification = Not(Entry("category", system=codes.NOTIFICATION_EVENT))
+            addressed = Entry("recipient", value_in=self._refs)
+            return (self.owner(type_, *self.reach()), AnyOf((not_a_notification, addressed)))
         return (self.owner(type_, *self.reach()),)
 
     def _document(self) -> Condition:

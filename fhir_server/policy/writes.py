@@ -26,12 +26,42 @@ _PATIENT_SIDE = ("Patient/", "RelatedPerson/")
 
 
 async def check(access: PolicyAccess, tx: Transaction, version: ResourceVersion) -> None:
+    if version.type == "Communication" and not version.deleted:
+        await _notification_kept(tx, version)
     if version.type == "Consent":
         await _consent(access, tx, version)
     elif version.type == "DocumentReference" and not version.deleted:
         _one_type(_body(version))
         if access.patient_side is not None:
             await _patient_document_change(tx, version)
+
+
+async def _notification_kept(tx: Transaction, version: ResourceVersion) -> None:
+    """The patient's notifications are written by the server only (notify/patient.py): a token cannot make one
+    up, turn a message into one or one into something else; its recipient may only mark it read or unread."""
+    body = _body(version)
+    previous = await tx.read_version(version.type, version.id, version.version - 1) if version.version > 1 else None
+    before = _body(previous)
+    if not _is_notification(body) and not _is_notification(before):
+        return
+    if not (_is_notification(body) and _is_notification(before) and _unread(body) == _unread(before)):
+        raise forbidden(
+            f"Notifications (category {codes.NOTIFICATION_EVENT}) are written by the server: "
+            "their recipient only marks them read or unread ($mark-read, $mark-unread)"
+        )
+
+
+def _is_notification(communication: dict | None) -> bool:
+    for concept in (communication or {}).get("category") or ():
+        for coding in (concept.get("coding") or ()) if isinstance(concept, dict) else ():
+            if isinstance(coding, dict) and coding.get("system") == codes.NOTIFICATION_EVENT:
+                return True
+    return False
+
+
+def _unread(communication: dict | None) -> dict:
+    """What a read mark leaves unchanged: everything but ``received`` and the server's meta."""
+    return {k: v for k, v in (communication or {}).items() if k not in ("received", "meta")}
 
 
 def _one_type(document: dict | None) -> None:
