@@ -20,7 +20,7 @@ from aiosmtpd.controller import Controller
 from conftest import FHIR_BASE
 from test_access_control import StandInVerifier, token
 from test_delivery import Inbox, smtp_server
-from test_policy import directory, ps_token, record
+from test_policy import directory, exported_ids, ps_token, record
 
 from fhir_server.app import create_app
 from fhir_server.config import Settings
@@ -265,3 +265,69 @@ async def test_professionals_read_neither_the_trail_nor_the_patients_notificatio
     assert (await c.put(f"/Communication/{mine['id']}", json=forged, headers=LEA)).status_code == 403
     assert (await c.post(f"/Communication/{mine['id']}/$mark-read", headers=LEA)).status_code == 200
     assert (await c.post(f"/Communication/{gp_copy['id']}/$mark-read", headers=gp)).status_code == 200
+
+
+async def test_every_channel_hides_the_trail_and_the_notifications_from_professionals(mes: Space):
+    """The leak probes of each channel, as an authorised professional (MED) who must see neither Léa's audit trail
+    nor her notifications: vread of an older version, totals, includes, chains, _has, history, batch answers,
+    conditional update/delete matching, export, subscriptions, and the wording of the refusals."""
+    c = mes.client
+    assert (await c.get("/DocumentReference/lea-cr", headers=ps_token("pharma", **LONG))).status_code == 200
+    (note,) = await mes.centre(SYSTEM)
+    assert (await c.post(f"/Communication/{note['id']}/$mark-read", headers=LEA)).status_code == 200  # version 2
+    event_id = note["about"][0]["reference"].split("/")[1]
+    probes = {
+        f"/Communication/{note['id']}/_history/1": 404,
+        f"/Communication/{note['id']}/_history": 404,
+        f"/AuditEvent/{event_id}": 404,
+        f"/AuditEvent/{event_id}/_history/1": 404,
+        "/Communication?_total=accurate": None,
+        "/Communication?subject=Patient/lea&_summary=count": None,
+        "/Communication?subject:Patient.name:missing=false": None,  # a chain
+        "/Patient?_id=lea&_revinclude=Communication:subject&_revinclude=AuditEvent:patient": None,
+        f"/Communication?_id={note['id']}&_include=Communication:about": None,
+        "/Patient?_has:Communication:subject:category=" + EVENT_SYSTEM + "|professional-access": None,
+        "/Patient?_has:AuditEvent:patient:outcome=0": None,
+        "/Communication/_history": None,
+        "/AuditEvent/_history": None,
+        "/_history?_type=Communication,AuditEvent": None,
+        "/Patient/lea/$everything": None,
+    }
+    for url, status in probes.items():
+        r = await c.get(url, headers=MED)
+        text = r.text
+        if status is not None:  # a 404 that says nothing more than the caller asked (its id, "not known")
+            assert r.status_code == status, url
+            assert "not known" in text and "forbidden" not in text.lower() and "patient" not in text.lower(), url
+            continue
+        assert note["id"] not in text and event_id not in text, url
+        if r.status_code == 200 and "_has" in url:
+            assert r.json().get("total", 0) == 0, url  # Léa's existence by her notifications: not disclosed
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": f"Communication/{note['id']}"}},
+        {"request": {"method": "GET", "url": f"AuditEvent/{event_id}"}},
+        {"request": {"method": "GET", "url": "Communication?subject=Patient/lea"}}]}  # fmt: skip
+    r = await c.post("/", json=batch, headers=MED)
+    answers = r.json()["entry"]
+    assert [e["response"]["status"][:3] for e in answers] == ["404", "404", "200"]
+    assert answers[2]["resource"]["total"] == 0 and "resource" not in answers[0] and "resource" not in answers[1]
+    # conditional writes never match them (the match would reveal them, or alter them)
+    r = await c.delete(f"/Communication?category={EVENT_SYSTEM}|professional-access", headers=MED)
+    assert r.status_code in (200, 204, 404, 412)
+    assert (await c.get(f"/Communication/{note['id']}", headers=SYSTEM)).status_code == 200  # still there
+    forged = {"resourceType": "Communication", "status": "completed", "subject": {"reference": "Patient/lea"}}
+    r = await c.put(f"/Communication?category={EVENT_SYSTEM}|professional-access", json=forged, headers=MED)
+    assert r.status_code in (201, 403) and note["id"] not in r.text
+    assert (await c.get(f"/Communication/{note['id']}", headers=SYSTEM)).json()["payload"] == note["payload"]
+    # export: a professional's export of the record holds neither
+    found = await exported_ids(c, "/Patient/$export?_type=Communication,AuditEvent", MED)
+    assert note["id"] not in found and event_id not in found
+    # a professional's Subscription on Communication hears nothing of the notifications written afterwards
+    sub = {"resourceType": "Subscription", "status": "requested", "reason": "probe", "criteria": "Communication",
+           "channel": {"type": "rest-hook", "endpoint": "https://hooks.example/fhir"}}  # fmt: skip
+    assert (await c.post("/Subscription", json=sub, headers=MED)).status_code == 201
+    before = len(await mes.centre(SYSTEM))
+    assert (await c.get("/DocumentReference/lea-cr", headers=ps_token("inf", **LONG))).status_code == 200
+    assert len(await mes.centre(SYSTEM)) == before + 1  # a new notification was written...
+    store = mes.app.state.context.store
+    assert [i for i in await store.outbox_items() if i.channel == "rest-hook"] == []  # ...and announced to nobody
