@@ -122,7 +122,7 @@ def label(event: dict, lang: str) -> str:
         line += " (refusé)" if fr else " (refused)"
     justification = next((p.get("text") for p in event.get("purposeOfEvent") or () if p.get("text")), None)
     if justification:
-        line += f" — {'motif' if fr else 'reason'} : {justification}" if fr else f" — reason: {justification}"
+        line += f" — motif : {justification}" if fr else f" — reason: {justification}"
     return line + "."
 
 

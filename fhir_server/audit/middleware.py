@@ -124,7 +124,7 @@ class AuditMiddleware:
         if target is None:
             await self.app(scope, receive, send)
             return
-        trace = RequestTrace(trail, Actor.from_principal(access.principal), _base(scope, self._state),
+        trace = RequestTrace(trail, Actor.from_principal(access.principal), request_audience(scope, self._state),
                              target.interaction, address=_client(scope), request_id=_request_id(scope))  # fmt: skip
         scope[TRACE_KEY] = trace
         answer = _Answer(self, trace, target, scope, send)
@@ -326,10 +326,6 @@ def _query(scope: Scope, target: Target, form: bytes) -> str | None:
     if form:
         query = "&".join(q for q in (query, form.decode("latin-1")) if q)
     return query
-
-
-def _base(scope: Scope, state: State) -> str:
-    return request_audience(scope, state)  # the same derivation as the token's audience
 
 
 def _client(scope: Scope) -> str | None:
