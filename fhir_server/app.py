@@ -14,6 +14,8 @@ from . import __version__
 from .audit.middleware import AuditMiddleware
 from .audit.trace import AuditTrail
 from .auth import auth_routes, create_auth_server
+from .auth.invitation_routes import invitation_routes
+from .auth.space_routes import space_routes
 from .config import Settings
 from .interactions import Context
 from .interactions.definitions import load_search_parameters
@@ -21,7 +23,15 @@ from .interactions.export import ExportManager
 from .notify.delivery import build_deliverer
 from .notify.patient import PatientNotifier
 from .notify.subscriptions import Subscriptions
-from .rest import errors, health, openapi, operation_routes, routes  # noqa: F401 (operation_routes registers its routes)
+from .rest import (  # noqa: F401 (operation, closure and representation routes register their routes)
+    closure_routes,
+    errors,
+    health,
+    openapi,
+    operation_routes,
+    representation_routes,
+    routes,
+)
 from .rest.fastpath import ReadFastPath
 from .search.indexing import use_content_search
 from .security.authenticate import Authenticate
@@ -94,7 +104,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         app.state.audit.listeners.append(PatientNotifier(settings, wake=deliverer.wake))
     if auth is not None:
         auth.directory = store  # professionals are looked up in the server's own directory data
-        app.router.routes.extend(auth_routes())
+        app.router.routes.extend([*auth_routes(), *space_routes(), *invitation_routes()])
     # ---
     app.router.routes.extend([*health.routes, *routes.routes, *openapi.routes, routes.INVALID_ID])
     fhir_app = FhirApp(app)

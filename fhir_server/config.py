@@ -125,6 +125,29 @@ class Settings(BaseSettings):
         8, ge=1, description="Delivery attempts of a notification (backoff 30 s, 1 min, 2 min… ≤ 1 h) before it fails"
     )
 
+    # --- the person's space (fhir_server.space, docs/lifecycle.md)
+    space_opposition_days: int = Field(
+        42,
+        ge=0,
+        description="Days after the registry notification during which the person may object before "
+        "their space is created automatically (6 weeks in Mon espace santé)",
+    )
+    space_retention_days: int = Field(
+        3653,
+        ge=0,
+        description="Days a closed space is kept (reopenable) before its destruction (10 years: CSP R.1111-45)",
+    )
+    enrolment_code_days: int = Field(
+        90, ge=1, description="Days a provisional enrolment code (activation, opposition) stays valid"
+    )
+    invitation_days: int = Field(14, ge=1, description="Days an invitation to become a delegate (aidant) stays valid")
+    space_sweep_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="Seconds between the server's passes that create due spaces and destroy closed "
+        "spaces past their retention (fhir-server space sweep does one pass)",
+    )
+
     @field_validator("store")
     @classmethod
     def _store_url(cls, value: str) -> str:

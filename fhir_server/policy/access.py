@@ -16,7 +16,7 @@ from ..security.principal import Principal
 from ..security.scopes import ScopeGrant
 from ..store import ResourceVersion, Transaction
 from ..store.query import AllOf, AnyOf, Chain, Condition, Entry, Not, Search
-from . import codes, deposits, writes
+from . import codes, deposits, spaces, writes
 from .rules import DOCUMENT_TYPES, PatientSideRules, ProfessionalRules
 
 Filter = tuple[Condition, ...]
@@ -32,11 +32,19 @@ def access_for(principal: Principal) -> ScopedAccess:
 
 
 class _Deposits:
+    """What every write into a patient's record goes through: the patient's deposit settings, and no data for
+    a space that does not exist (``spaces.py``: checked after the access checks, so the refusal tells nothing
+    to a caller who may not write there anyway)."""
+
     async def prepare_write(
         self, tx: Transaction, version: ResourceVersion, entries: Sequence[IndexEntry]
     ) -> tuple[ResourceVersion, Sequence[IndexEntry]]:
         version, entries = await deposits.apply_defaults(tx, version, entries)
         return await super().prepare_write(tx, version, entries)  # type: ignore[misc] (ScopedAccess: Subscriptions)
+
+    async def check_write(self, tx: Transaction, version: ResourceVersion) -> None:
+        await super().check_write(tx, version)  # type: ignore[misc]
+        await spaces.refuse_closed(tx, version)
 
 
 class BackendAccess(_Deposits, ScopedAccess):
@@ -133,3 +141,4 @@ class PolicyAccess(_Deposits, ScopedAccess):
 
     async def check_write(self, tx: Transaction, version: ResourceVersion) -> None:
         await writes.check(self, tx, version)
+        await super().check_write(tx, version)

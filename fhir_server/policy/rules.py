@@ -24,6 +24,7 @@ from functools import cache
 
 from ..search.compartments import definitions
 from ..search.parameters import parse
+from ..space import status as space_status
 from ..store.query import AllOf, AnyOf, Chain, Condition, Entry, Has, Not, Search
 from . import codes
 from .professional import Professional
@@ -80,6 +81,10 @@ class ProfessionalRules:
         self._refs = tuple(professional.refs)
         blockers = ",".join(professional.refs_with_organization)
         self.not_blocked: Condition = Not(_patient_has(("provision-type", "deny"), ("actor", blockers)))
+        # a closed space, or one the person refused, is out of every professional's reach (docs/lifecycle.md)
+        self.space_exists: Condition = Not(
+            Entry(space_status.STATUS_PARAM, value_in=(space_status.OPPOSED, space_status.CLOSED))
+        )
         # médecin traitant, or a professional the patient made an "administrateur"
         self.privileged: Condition = AnyOf((
             *_where("Patient", ("general-practitioner", refs)),
@@ -108,8 +113,8 @@ class ProfessionalRules:
     def reach(self) -> tuple[Condition, ...]:
         """The Patient conditions under which their record is readable in this mode."""
         if self.mode == codes.NORMAL:
-            return (self.not_blocked, self.authorised)
-        return (self.not_blocked, Not(self.emergency_refused))
+            return (self.not_blocked, self.space_exists, self.authorised)
+        return (self.not_blocked, self.space_exists, Not(self.emergency_refused))
 
     # --- per type and letter
     def read(self, type_: str) -> Filter | None:
@@ -135,9 +140,10 @@ class ProfessionalRules:
         return (self.owner(type_, *self.reach()),)
 
     def _document(self) -> Condition:
-        own = AllOf(
-            (*_where("DocumentReference", ("author", self._author)), self.owner("DocumentReference", self.not_blocked))
-        )
+        own = AllOf((
+            *_where("DocumentReference", ("author", self._author)),
+            self.owner("DocumentReference", self.not_blocked, self.space_exists),
+        ))  # fmt: skip
         unmasked = Not(_label(codes.MASQUE_PS))
         masked_ok = [self.owner("DocumentReference", self.privileged)]
         if self.mode != codes.NORMAL:
@@ -153,8 +159,9 @@ class ProfessionalRules:
             directives = _where("Consent", ("scope", f"{codes.CONSENT_SCOPE}|{codes.ADVANCE_DIRECTIVE}"))
             return AllOf((*directives, self.owner("Consent", *self.reach())))
         others = AllOf((Not(privacy), self.owner("Consent", *self.reach())))
-        named = AllOf((*_where("Consent", ("actor", self._author)), self.owner("Consent", self.not_blocked)))
-        managed = self.owner("Consent", self.not_blocked, self.privileged)
+        exists = self.space_exists
+        named = AllOf((*_where("Consent", ("actor", self._author)), self.owner("Consent", self.not_blocked, exists)))
+        managed = self.owner("Consent", self.not_blocked, exists, self.privileged)
         return AnyOf((others, named, managed))
 
     def create(self, type_: str) -> Filter | None:
@@ -171,7 +178,7 @@ class ProfessionalRules:
             return None
         if type_ == "DocumentReference":
             own = _where("DocumentReference", ("author", self._author))
-            return (*own, self.owner("DocumentReference", self.not_blocked))
+            return (*own, self.owner("DocumentReference", self.not_blocked, self.space_exists))
         return self.read(type_)
 
 

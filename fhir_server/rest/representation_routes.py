@@ -1,0 +1,3 @@
+"""The operations of representatives and delegates (fhir_server.space.representatives; docs/lifecycle.md)."""
+
+from __future__ import annotations
