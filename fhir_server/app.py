@@ -23,18 +23,20 @@ from .interactions.export import ExportManager
 from .notify.delivery import build_deliverer
 from .notify.patient import PatientNotifier
 from .notify.subscriptions import Subscriptions
-from .rest import (  # noqa: F401 (operation, closure and representation routes register their routes)
+from .rest import (  # noqa: F401 (operation, closure, registry and representation routes register their routes)
     closure_routes,
     errors,
     health,
     openapi,
     operation_routes,
+    registry_routes,
     representation_routes,
     routes,
 )
 from .rest.fastpath import ReadFastPath
 from .search.indexing import use_content_search
 from .security.authenticate import Authenticate
+from .space.sweep import Sweeper
 from .store import open_store
 from .validation import warm_up
 from .validation.remote import validators
@@ -56,6 +58,9 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     use_content_search(settings.content_search)
     validator = validators(settings.validation_helpers(), settings.content_search)
     deliverer = build_deliverer(store, settings)  # the outbox's worker: emails, rest-hooks (fhir_server.notify)
+    sweeper = Sweeper(
+        store, settings, auth.state if auth is not None else None
+    )  # creates due spaces, destroys expired ones (fhir_server.space.sweep)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -69,9 +74,11 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         app.state.exports = ExportManager(settings)
         await app.state.exports.start()
         await deliverer.start()
+        await sweeper.start()
         try:
             yield
         finally:
+            await sweeper.stop()
             await deliverer.stop()
             await app.state.exports.stop()
             await validator.close()

@@ -294,6 +294,125 @@ def audit_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _patients_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "patients",
+        help="the insurer's registry feed (import Patients by INS)",
+        description="Patients from the insurer's registry (docs/lifecycle.md).",
+    )
+    commands = p.add_subparsers(title="patients commands", metavar="COMMAND")
+    imp = commands.add_parser(
+        "import",
+        help="create or update Patients by INS from NDJSON or a Bundle; notify new people",
+        description="Import the registry's Patients (NDJSON, one per line, or a Bundle): an existing Patient with "
+        "the same INS-NIR gets the registry's demographics (nothing written when they are the same), a new "
+        "person gets a pending space and a provisional enrolment code by email (or letter). Bad entries are "
+        "listed and skipped (nothing of them is written); the exit status is then 1.",
+    )
+    imp.add_argument("file", metavar="FILE", help="NDJSON or Bundle (JSON) file; - reads standard input")
+    imp.add_argument("--store", help="store URL (default sqlite:///./data/fhir.db; env FHIR_SERVER_STORE)")
+    imp.add_argument("--base-url", help="public base URL named in the letters' links (env FHIR_SERVER_BASE_URL)")
+    imp.set_defaults(func=patients_import)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def patients_import(args: argparse.Namespace) -> int:
+    import asyncio
+    from pathlib import Path
+
+    from .audit.events import Actor
+    from .audit.purge import operator_account
+    from .auth.state import default_state_url, open_auth_state
+    from .space.enrolment import Enrolment
+    from .space.lifecycle import base_of
+    from .space.registry import Importer, RegistryInputError, read_entries
+    from .store import open_store
+
+    settings = load_settings(**_overrides(args))
+    try:
+        data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+        entries, errors = read_entries(data)
+    except OSError as exc:
+        print(f"fhir-server patients import: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except RegistryInputError as exc:
+        print(f"fhir-server patients import: {exc}", file=sys.stderr)
+        return 2
+    state = open_auth_state(settings.auth_state or default_state_url(settings.store),
+                            write_concern=settings.mongo_write_concern)  # fmt: skip
+
+    async def main():
+        async with open_store(settings.store, write_concern=settings.mongo_write_concern) as store:
+            enrolment = Enrolment(state, settings.enrolment_code_days)
+            actor = Actor.os_operator(operator_account())
+            return await Importer(store, enrolment, settings, base_of(settings), actor).run(entries)
+
+    try:
+        result = asyncio.run(main())
+    finally:
+        state.close()
+    for message in [*errors, *result.errors]:
+        print(message, file=sys.stderr)
+    print(f"{result.created} created, {result.updated} updated, {result.unchanged} unchanged, "
+          f"{len(errors) + len(result.errors)} refused")  # fmt: skip
+    return 1 if errors or result.errors else 0
+
+
+def _space_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "space", help="the spaces' lifecycle (one sweep)", description="The person's space (docs/lifecycle.md)."
+    )
+    commands = p.add_subparsers(title="space commands", metavar="COMMAND")
+    sweep = commands.add_parser(
+        "sweep",
+        help="create the spaces whose opposition period is over, destroy those past retention",
+        description="One pass of what the server does every space_sweep_seconds: pending spaces whose "
+        "opposition period is over become created; closed spaces past their retention are destroyed.",
+    )
+    sweep.add_argument("--store", help="store URL (default sqlite:///./data/fhir.db; env FHIR_SERVER_STORE)")
+    sweep.add_argument("--base-url", help="this server's public base URL, named in the trace")
+    sweep.set_defaults(func=space_sweep)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def space_sweep(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .auth.state import default_state_url, open_auth_state
+    from .space.clock import CLOCK
+    from .space.sweep import sweep
+    from .store import open_store
+
+    settings = load_settings(**_overrides(args))
+    require_store(settings.store)
+
+    url = settings.auth_state or default_state_url(settings.store)
+    accounts = open_auth_state(url, write_concern=settings.mongo_write_concern) if _auth_state_exists(url) else None
+
+    async def main() -> dict:
+        async with open_store(settings.store, write_concern=settings.mongo_write_concern) as store:
+            return await sweep(store, settings, CLOCK.now(), accounts)
+
+    try:
+        done = asyncio.run(main())
+    finally:
+        if accounts is not None:
+            accounts.close()
+    print(f"{done['created']} space(s) created, {done['destroyed']} destroyed")
+    return 0
+
+
+def _auth_state_exists(url: str) -> bool:
+    """An auth state to clean up with the destroyed spaces (none: the server ran without authentication)."""
+    from .auth.state import MissingAuthState, require_auth_state
+
+    try:
+        require_auth_state(url)
+    except MissingAuthState:
+        return False
+    return True
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
     fields = ("host", "port", "store", "workers", "base_url", "log_level")
     found: dict[str, object] = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
@@ -380,6 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     _load_parser(sub)
     _matrix_parser(sub)
     _audit_parser(sub)
+    _patients_parser(sub)
+    _space_parser(sub)
     from .auth.cli import add_commands as add_auth_commands  # users, clients, token, launch, keys
 
     add_auth_commands(sub)

@@ -44,6 +44,15 @@ def test_clients_and_users(state: AuthState) -> None:
     assert state.get_user("nobody") is None
 
 
+def test_delete_user_removes_only_that_user(state: AuthState) -> None:
+    state.put_user({"username": "zoe", "fhir_user": "Patient/1"})
+    state.put_user({"username": "tom", "fhir_user": "Patient/2"})
+    state.delete_user("zoe")
+    state.delete_user("nobody")  # unknown: nothing to do, no error
+    assert state.get_user("zoe") is None
+    assert state.get_user("tom") == {"username": "tom", "fhir_user": "Patient/2"}
+
+
 def test_temp_documents_take_once_and_expire(state: AuthState) -> None:
     now = time.time()
     state.put_temp(CODE, "c1", {"client_id": "app"}, now + 60)

@@ -43,6 +43,11 @@ OPERATION_PATHS = {
     "activity": [("get", "/{T}/{id}/$activity")],
     "notification-preferences": [("get", "/{T}/{id}/$notification-preferences"),
                                  ("post", "/{T}/{id}/$notification-preferences")],
+    "registry-import": [("post", "/{T}/$registry-import")],
+    "close": [("post", "/{T}/{id}/$close")],
+    "reopen": [("post", "/{T}/{id}/$reopen")],
+    "invite-delegate": [("post", "/{T}/{id}/$invite-delegate")],
+    "revoke": [("post", "/{T}/{id}/$revoke")],
     "mark-read": [("post", "/{T}/{id}/$mark-read")],
     "mark-unread": [("post", "/{T}/{id}/$mark-unread")],
 }  # fmt: skip

@@ -112,6 +112,12 @@ def clients_add(auth: AuthServer, args: argparse.Namespace) -> int:
 def token(auth: AuthServer, args: argparse.Namespace) -> int:
     if auth.client(args.client) is None:
         print(f"warning: client {args.client!r} is not registered", file=sys.stderr)
+    if args.user is not None:
+        if args.ps or args.sub or args.fhir_user or args.managed_patients:
+            raise ValueError("--user gives the subject, fhirUser and patients: not with --sub, --fhir-user, "
+                             "--managed-patient or --ps")  # fmt: skip
+        print(_user_token(auth, args))
+        return 0
     if args.ps is None:
         if args.ps_role or args.access_mode or args.justification is not None:
             raise ValueError("--ps-role, --access-mode and --justification go with --ps IDNATPS")
@@ -164,6 +170,36 @@ def token(auth: AuthServer, args: argparse.Namespace) -> int:
     )
     print(f"granted scope: {granted.scope}", file=sys.stderr)
     return 0
+
+
+def _user_token(auth: AuthServer, args: argparse.Namespace) -> str:
+    """What the sign-in of ``args.user`` would issue (auth/issuance.py computes the same patients)."""
+    from ..space import representatives
+    from ..space.clock import CLOCK
+    from ..store import open_store
+
+    user = auth.user(args.user)
+    if user is None:
+        raise ValueError(f"no user {args.user!r}")
+    managed = user.managed_patients
+
+    async def held() -> list[str]:
+        async with open_store(auth.settings.store, write_concern=auth.settings.mongo_write_concern) as store:
+            links = await representatives.links_of(store, user.username, user.own_patient)
+            return [h.patient for h in await representatives.held_by(store, links, CLOCK.now())]
+
+    represented = [p for p in asyncio.run(held()) if p not in (managed or ())] if managed is not None else []
+    return auth.mint_access_token(
+        client_id=args.client,
+        scope=args.scope,
+        sub=user.username,
+        patient=args.patient,
+        fhir_user=user.fhir_user,
+        managed_patients=[*managed, *represented] if managed is not None else None,
+        audience=args.aud,
+        lifetime=args.lifetime,
+        extra={"represented": represented} if represented else None,
+    )
 
 
 def _resolve_professional(auth: AuthServer, id_nat_ps: str, role: str | None) -> ResolvedProfessional:
@@ -239,6 +275,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sub", help="subject (default: the client id)")
     p.add_argument("--fhir-user", help="e.g. Practitioner/9")
     p.add_argument("--managed-patient", action="append", dest="managed_patients", metavar="ID")
+    p.add_argument(
+        "--user",
+        metavar="USERNAME",
+        help="a user account's token, as its sign-in would give it: its fhirUser, and the patients it may act for "
+        "now (its own, and those its RelatedPersons give it, checked again on every request)",
+    )
     p.add_argument("--lifetime", type=int, metavar="S", help="seconds (default: access_token_lifetime)")
     p.add_argument("--aud", metavar="URL", help="FHIR base URL (default: FHIR_SERVER_BASE_URL or http://host:port)")
     ps = p.add_argument_group(

@@ -167,6 +167,12 @@ def _user(ctx: _Context) -> User | None:
     return ctx.auth.user(ctx.session.username) if ctx.session.username else None
 
 
+def _managed(ctx: _Context, user: User) -> list[str] | None:
+    """The records the user may pick now: their own, the operator's list, and those RelatedPersons valid now
+    give them (the token issued is computed the same way)."""
+    return ctx.auth.issuer.managed_patients(user.username, user.fhir_user, user.managed_patients)
+
+
 def _needs_patient(ctx: _Context) -> bool:
     wanted = smart.LAUNCH_PATIENT in ctx.pending["scopes"] or any(
         (c := smart.parse_clinical(s)) is not None and c.context == "patient" for s in ctx.pending["scopes"]
@@ -178,7 +184,7 @@ def _step(ctx: _Context, user: User | None) -> str:
     if user is None:
         return "totp" if ctx.session.doc.get("pending_user") else "login"
     if _needs_patient(ctx):
-        managed = user.managed_patients
+        managed = _managed(ctx, user)
         if managed is not None and len(managed) == 1:  # nothing to choose
             ctx.pending["patient"] = managed[0]
             ctx.save_pending()
@@ -194,7 +200,7 @@ def _launch_refused(ctx: _Context, user: User | None) -> Outcome | None:
     if not launch or user is None:
         return None
     bound = launch.get("user")
-    managed = user.managed_patients
+    managed = _managed(ctx, user)
     patient = launch.get("patient")
     if (bound and bound != user.username) or (patient and managed is not None and patient not in managed):
         ctx.auth.state.delete_temp(PENDING, ctx.tx)
@@ -228,7 +234,7 @@ def _render(ctx: _Context, step: str, error: str | None = None, status: int = 20
 
 def _patient_options(ctx: _Context) -> list[tuple[str, str]] | None:
     user = _user(ctx)
-    managed = user.managed_patients if user else None
+    managed = _managed(ctx, user) if user else None
     if managed is None:
         return None
     own = user.own_patient if user else None
@@ -317,7 +323,7 @@ def _signed_in(ctx: _Context, user: User, amr: tuple[str, ...]) -> Outcome:
 
 
 def _choose_patient(ctx: _Context, user: User, choice: str, patient_exists: Callable[[str], bool]) -> Outcome:
-    managed = user.managed_patients
+    managed = _managed(ctx, user)
     # A patient or guardian picks among their records; a practitioner names any existing Patient.
     valid = choice in managed if managed is not None else bool(_PATIENT_ID.match(choice)) and patient_exists(choice)
     if not valid:

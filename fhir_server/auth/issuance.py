@@ -16,13 +16,18 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
 
+import anyio.from_thread
 from authlib.oidc.core.grants.util import create_half_hash
 
 from ..config import Settings
 from ..policy.professional import UnknownProfessional
+from ..space import representatives
+from ..space.clock import CLOCK
 from . import scopes as smart
 from .clients import Client
 from .directory import Professionals, ResolvedProfessional, is_professional_user
@@ -31,6 +36,10 @@ from .professional_scopes import ProfessionalToken, professional_token
 from .state import SESSION, AuthState, secret_id
 from .subject import Subject
 from .tokens import LEEWAY, AccessTokenRequest, InvalidToken, mint_access_token, mint_id_token, verify_access_token
+
+if TYPE_CHECKING:
+    from ..space.representatives import Representation
+    from ..store import Store
 
 ID_TOKEN_LIFETIME = 3600
 
@@ -63,7 +72,10 @@ class TokenIssuer:
         now = time.time()
         self.keys.reload_if_stale(now)
         lifetime = self.settings.access_token_lifetime
-        request = _access_token_request(base, client, subject, scope, lifetime)
+        issued, represented = self._acting_for(subject)
+        request = _access_token_request(base, client, issued, scope, lifetime)
+        if represented:  # the resource server checks these again on every request
+            request = dataclasses.replace(request, extra={"represented": represented})
         if subject is not None and is_professional_user(subject.fhir_user):
             professional = self._professional_user(subject.fhir_user, scope)
             scope = professional.scope
@@ -75,8 +87,8 @@ class TokenIssuer:
         if subject is None:
             return body
         self.state.record_access_token(claims["jti"], subject.family, claims["exp"] + LEEWAY)
-        if subject.patient:
-            body["patient"] = subject.patient
+        if issued is not None and issued.patient:
+            body["patient"] = issued.patient
         if subject.encounter:
             body["encounter"] = subject.encounter
         body["need_patient_banner"] = not subject.ehr_launch
@@ -84,6 +96,30 @@ class TokenIssuer:
         if refresh_token:
             body["refresh_token"] = refresh_token
         return body
+
+    def managed_patients(self, username: str, fhir_user: str | None, static: Sequence[str] | None) -> list[str] | None:
+        """The patients a patient-side user may act for now: their own and the operator's list (``static``,
+        ``User.managed_patients``), then those the RelatedPersons valid now give them (the store is asked from
+        this worker thread on the event loop that owns it, as ``Professionals.resolve`` does)."""
+        if static is None:
+            return None
+        store = self.professionals.store
+        if store is None:
+            return list(static)
+        own = fhir_user.removeprefix("Patient/") if fhir_user and fhir_user.startswith("Patient/") else None
+        held = anyio.from_thread.run(partial(_held, store, username, own))
+        return list(dict.fromkeys([*static, *(h.patient for h in held)]))
+
+    def _acting_for(self, subject: Subject | None) -> tuple[Subject | None, list[str]]:
+        """The subject as this token carries it (``managed_patients`` recomputed; a launch patient no longer
+        represented dropped) and the patients it reaches through RelatedPersons. The grant's own subject (what
+        refresh tokens keep) is unchanged: the next token is computed afresh."""
+        if subject is None or subject.managed_patients is None:
+            return subject, []
+        managed = self.managed_patients(subject.username, subject.fhir_user, subject.managed_patients) or []
+        represented = [p for p in managed if p not in subject.managed_patients]
+        patient = subject.patient if subject.patient is None or subject.patient in managed else None
+        return dataclasses.replace(subject, managed_patients=tuple(managed), patient=patient), represented
 
     def _professional_user(self, fhir_user: str | None, scope: str) -> ProfessionalToken:
         """A professional user's scopes narrowed to the matrix (code and refresh grants). A fhirUser the directory
@@ -173,6 +209,11 @@ class TokenIssuer:
                 return None
         record = self.state.get_refresh_token(secret_id(token))
         return RefreshTokenInfo(record, self) if record is not None else None
+
+
+async def _held(store: Store, username: str, own_patient: str | None) -> list[Representation]:
+    links = await representatives.links_of(store, username, own_patient)
+    return await representatives.held_by(store, links, CLOCK.now())
 
 
 def _access_token_request(

@@ -49,6 +49,10 @@ class AuthState(ABC):
     @abstractmethod
     def get_user(self, username: str) -> dict | None: ...
 
+    @abstractmethod
+    def delete_user(self, username: str) -> None:
+        """Remove a user (their space was destroyed: nothing of them stays); an unknown one is ignored."""
+
     # --- short-lived documents (codes, launch contexts, sessions, pending authorizations) --------
     @abstractmethod
     def put_temp(self, kind: str, key: str, doc: dict, expires: float) -> None: ...

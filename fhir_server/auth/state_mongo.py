@@ -63,6 +63,9 @@ class MongoAuthState(AuthState):
         found = self._db[USERS].find_one({"_id": username})
         return found["doc"] if found else None
 
+    def delete_user(self, username: str) -> None:
+        self._db[USERS].delete_one({"_id": username})
+
     # --- short-lived documents
     def put_temp(self, kind: str, key: str, doc: dict, expires: float) -> None:
         entry = {"doc": doc, "expires": _date(expires), "used": False}

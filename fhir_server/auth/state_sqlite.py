@@ -55,6 +55,7 @@ class SQLiteAuthState(AuthState):
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA secure_delete=ON")  # a deleted account leaves no bytes in free pages
         self._db.executescript(SCHEMA)
 
     @contextmanager
@@ -90,6 +91,9 @@ class SQLiteAuthState(AuthState):
     def get_user(self, username: str) -> dict | None:
         row = self._one("SELECT doc FROM users WHERE id = ?", (username,))
         return json.loads(row[0]) if row else None
+
+    def delete_user(self, username: str) -> None:
+        self._run("DELETE FROM users WHERE id = ?", (username,))
 
     # --- short-lived documents
     def put_temp(self, kind: str, key: str, doc: dict, expires: float) -> None:

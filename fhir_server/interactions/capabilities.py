@@ -19,15 +19,17 @@ _CORE = "http://hl7.org/fhir/OperationDefinition"
 RESOURCE_OPERATIONS = [
     {"name": name, "definition": f"{_CORE}/Resource-{name}"} for name in ("validate", "meta", "meta-add", "meta-delete")
 ]
-#: The project's own operations (docs/policy.md, docs/audit.md, docs/notifications.md).
+#: The project's own operations (docs/policy.md, docs/audit.md, docs/notifications.md, docs/lifecycle.md).
 PROJECT_OPERATION = "https://github.com/fhir-server/fhir-server/OperationDefinition/"
 TYPE_OPERATIONS = {
     "Patient": [
         {"name": "everything", "definition": f"{_CORE}/Patient-everything"},
         {"name": "export", "definition": f"{_BULK}/patient-export"},
         *({"name": name, "definition": f"{PROJECT_OPERATION}Patient-{name}"}
-          for name in ("mask-documents", "activity", "notification-preferences")),
+          for name in ("mask-documents", "activity", "notification-preferences", "registry-import", "close",
+                       "reopen", "invite-delegate")),
     ],
+    "RelatedPerson": [{"name": "revoke", "definition": f"{PROJECT_OPERATION}RelatedPerson-revoke"}],
     "Group": [{"name": "export", "definition": f"{_BULK}/group-export"}],
     "Communication": [
         {"name": name, "definition": f"{PROJECT_OPERATION}Communication-{name}"}

@@ -44,3 +44,7 @@ INFORMATION_RECIPIENT = "IRCP"
 #: The patient's notifications (notify/patient.py): Communications of this category are the patient's own and
 #: the server's to write; a professional reads one only when it is addressed to them.
 NOTIFICATION_EVENT = "https://github.com/fhir-server/fhir-server/CodeSystem/notification-event"
+#: The insurer's letters to the person (their provisional enrolment code when they have no email): space/lifecycle.py.
+SPACE_LETTER = "https://github.com/fhir-server/fhir-server/CodeSystem/mes-space-letter"
+#: Communications the server writes to the person only: a professional reads none but a copy addressed to them.
+SERVER_MESSAGES = (NOTIFICATION_EVENT, SPACE_LETTER)

@@ -133,8 +133,9 @@ class ProfessionalRules:
         if type_ == "Consent":
             return (self._consent(),)
         if type_ == "Communication":
-            # the patient's notifications: only the copy addressed to this professional (the médecin traitant's)
-            not_a_notification = Not(Entry("category", system=codes.NOTIFICATION_EVENT))
+            # the patient's notifications and letters (an enrolment code): only a copy addressed to this
+            # professional (the médecin traitant's emergency notification)
+            not_a_notification = Not(AnyOf(tuple(Entry("category", system=s) for s in codes.SERVER_MESSAGES)))
             addressed = Entry("recipient", value_in=self._refs)
             return (self.owner(type_, *self.reach()), AnyOf((not_a_notification, addressed)))
         return (self.owner(type_, *self.reach()),)

@@ -54,7 +54,7 @@ async def _notification_kept(tx: Transaction, version: ResourceVersion) -> None:
 def _is_notification(communication: dict | None) -> bool:
     for concept in (communication or {}).get("category") or ():
         for coding in (concept.get("coding") or ()) if isinstance(concept, dict) else ():
-            if isinstance(coding, dict) and coding.get("system") == codes.NOTIFICATION_EVENT:
+            if isinstance(coding, dict) and coding.get("system") in codes.SERVER_MESSAGES:
                 return True
     return False
 

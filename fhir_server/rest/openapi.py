@@ -668,6 +668,11 @@ def _resource_operation(t: str, op: dict) -> list[tuple[str, str, dict]]:
                 ),
             )
         ]
+    if (t, name) in _TYPE_LEVEL_OPERATIONS:
+        summary, media = _TYPE_LEVEL_OPERATIONS[(t, name)]
+        body = {"requestBody": {"required": True, "content": {m: {"schema": {"type": "string"}} for m in media}}}
+        return [(f"/{t}/${name}", "post", _operation(f"{name}-{t}", t, f"${name}: {summary}", [], _ok("Parameters"),
+                                                    **body, **about))]  # fmt: skip
     if (t, name) in _INSTANCE_OPERATIONS:
         return [
             (f"/{t}/{{id}}/${name}", method, _operation(f"{name}-{method}-{t}", t, f"${name}: {summary}",
@@ -688,6 +693,13 @@ def _resource_operation(t: str, op: dict) -> list[tuple[str, str, dict]]:
     ]
 
 
+#: The project's type-level operations taking a file: (type, name) → (summary, accepted media types).
+_TYPE_LEVEL_OPERATIONS = {
+    ("Patient", "registry-import"): (
+        "the insurer's registry feed: Patients by INS, created or updated; new people notified (docs/lifecycle.md)",
+        ("application/fhir+ndjson", "application/fhir+json"),
+    ),
+}
 #: The project's instance operations: (type, name) → [(method, summary, parameters, answer, request body)].
 _INSTANCE_OPERATIONS: dict[tuple[str, str], list[tuple[str, str, list, str, dict]]] = {
     ("Patient", "mask-documents"): [
@@ -703,6 +715,20 @@ _INSTANCE_OPERATIONS: dict[tuple[str, str], list[tuple[str, str, list, str, dict
         ("get", "which events notify the patient", [], "Parameters", {}),
         ("post", "change which events notify the patient", [], "Parameters", {"requestBody": _request("Parameters")}),
     ],
+    ("Patient", "close"): [
+        ("post", "the person closes their space (password re-entered; deletion destroys it at once)", [],
+         "Patient", {"requestBody": _request("Parameters")}),
+    ],
+    ("Patient", "reopen"): [
+        ("post", "the person reopens their closed space before its destruction", [], "Patient",
+         {"requestBody": _request("Parameters")}),
+    ],
+    ("Patient", "invite-delegate"): [
+        ("post", "invite a proche (aidant) or the second legal representative by email (the RelatedPerson)", [],
+         "Resource",
+         {"requestBody": _request("Parameters")}),
+    ],
+    ("RelatedPerson", "revoke"): [("post", "end a representation or withdraw an invitation", [], "RelatedPerson", {})],
     ("Communication", "mark-read"): [("post", "the recipient opened the notification", [], "Communication", {})],
     ("Communication", "mark-unread"): [("post", "back to unread", [], "Communication", {})],
 }  # fmt: skip

@@ -19,11 +19,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from ..errors import FhirError
+from ..errors import FhirError, forbidden
+from ..fhirjson import loads
 from ..interactions.access import NOTHING, READ_OR_SEARCH, Access
 from ..search.compartments import compartment_condition, definitions
 from ..search.indexing import IndexEntry
 from ..search.parameters import parse
+from ..space import representatives
 from ..store import ResourceVersion, Transaction
 from ..store.query import AllOf, AnyOf, Condition, Entry, IdIn
 from .principal import Principal
@@ -74,6 +76,12 @@ class ScopedAccess(Access):
             return record_subscriber(self.principal, self.owner(), version)
         return version, entries
 
+    async def check_write(self, tx: Transaction, version: ResourceVersion) -> None:
+        """A RelatedPerson that grants access is the server's to write (invitations, the registry) or a
+        backend's (a court's feed of tutors): any other token may only end one (``active`` false)."""
+        if version.type == "RelatedPerson" and any(g.context != "system" for g in self.principal.grants):
+            await refuse_representation_write(tx, version, self.principal)
+
     def constraints(self, type_: str, permissions: str = READ_OR_SEARCH) -> Filter:
         key = (type_, permissions)
         found = self._constraints.get(key)
@@ -84,11 +92,14 @@ class ScopedAccess(Access):
     def _compute(self, type_: str, permissions: str) -> Filter:
         wanted = set(permissions)
         writing = not wanted <= set(READ_OR_SEARCH)
+        # a delegate's read-only patients are out of reach only when nothing but a change is asked (a lookup
+        # inside a write reads: what they may read but not change then answers 403, not 404)
+        changing = not wanted & set(READ_OR_SEARCH)
         alternatives: list[Filter] = []
         for grant in self.grants(type_):
             if grant.type not in ("*", type_) or not grant.permissions & wanted:
                 continue
-            found = self._grant_filter(grant, type_, writing)
+            found = self._grant_filter(grant, type_, writing, changing)
             if found == ():
                 return ()  # one unconfined grant: nothing to narrow
             if found is not None:
@@ -99,12 +110,12 @@ class ScopedAccess(Access):
             return alternatives[0]
         return (AnyOf(tuple(f[0] if len(f) == 1 else AllOf(f) for f in alternatives)),)
 
-    def _grant_filter(self, grant: ScopeGrant, type_: str, writing: bool) -> Filter | None:
+    def _grant_filter(self, grant: ScopeGrant, type_: str, writing: bool, changing: bool = False) -> Filter | None:
         """The data one grant reaches for ``type_``; None when it reaches nothing."""
         if type_ == "Subscription" and grant.context != "system":
             confinement: Filter | None = (Entry("_tag", value=owner_tag(self.owner()), system=SUBSCRIPTION_OWNER),)
         else:
-            confinement = self._confinement(grant.context, type_, writing)
+            confinement = self._confinement(grant.context, type_, writing, changing)
         if confinement is None or not grant.criteria:
             return confinement
         try:
@@ -116,10 +127,12 @@ class ScopedAccess(Access):
     def _unconfined(self, context: str) -> bool:
         return context == "system" or (context == "user" and self.principal.fhir_user_type not in _PATIENT_USERS)
 
-    def _confinement(self, context: str, type_: str, writing: bool) -> Filter | None:
+    def _confinement(self, context: str, type_: str, writing: bool, changing: bool = False) -> Filter | None:
         if self._unconfined(context):
             return ()
         patients = self._patients(context)
+        if changing and self.principal.read_only:
+            patients = tuple(p for p in patients if p not in self.principal.read_only)
         if not patients:
             return None
         return patient_data(patients, type_, writing)
@@ -133,6 +146,29 @@ class ScopedAccess(Access):
         if principal.fhir_user_type == "Patient" and principal.fhir_user:
             return (principal.fhir_user.split("/", 1)[1],)
         return ()
+
+
+async def refuse_representation_write(tx: Transaction, version: ResourceVersion, principal: Principal) -> None:
+    current = await tx.read_current("RelatedPerson", version.id)
+    before = loads(current.body) if current is not None and current.body is not None else None
+    after = loads(version.body) if version.body is not None else None
+    if not representatives.grants_access(before) and not representatives.grants_access(after):
+        return  # an ordinary RelatedPerson (next of kin, emergency contact…)
+    held = representatives.parse_representation(before) if before is not None else None
+    authority = {principal.own_patient, *principal.delegating}
+    revoked = after is not None and after.get("active") is False and _same(before, after)  # type: ignore[arg-type]
+    if held is not None and revoked and held.patient in authority:
+        return  # a revocation by the person (or their legal representative)
+    raise forbidden(
+        "A RelatedPerson that grants access to a record is written by the server: invite with "
+        "Patient/[id]/$invite-delegate, end it with RelatedPerson/[id]/$revoke (or an update setting active to false)"
+    )
+
+
+def _same(before: dict, after: dict) -> bool:
+    """Equal but for what an update may change without changing what it grants."""
+    ignored = ("meta", "text", "active")
+    return {k: v for k, v in before.items() if k not in ignored} == {k: v for k, v in after.items() if k not in ignored}
 
 
 def patient_data(patients: tuple[str, ...], type_: str, writing: bool) -> Filter | None:

@@ -24,6 +24,8 @@ from ..fhirjson import dumps
 from ..policy import emergency
 from ..policy.access import access_for
 from ..policy.codes import NORMAL
+from ..space import representatives
+from ..space.clock import CLOCK
 from .access import ScopedAccess
 from .principal import Principal
 
@@ -51,12 +53,13 @@ class InvalidCredentials(Exception):
 
 
 class _Verified:
-    __slots__ = ("access", "audience", "checked")
+    __slots__ = ("access", "audience", "checked", "links")
 
     def __init__(self, access: ScopedAccess, audience: str, checked: float) -> None:
         self.access = access
         self.audience = audience
         self.checked = checked
+        self.links: tuple[str, ...] | None = None  # what names the user in RelatedPerson.identifier
 
 
 class Authenticate:
@@ -75,7 +78,10 @@ class Authenticate:
             await _challenge(send, "The request needs an access token: Authorization: Bearer <token>", None)
             return
         try:
-            scope[ACCESS_KEY] = access = await self._access(verifier, token, scope)
+            access = await self._access(verifier, token, scope)
+            if access.principal.represented:
+                access = await self._represent(token, access)
+            scope[ACCESS_KEY] = access
         except InvalidCredentials as exc:
             await _challenge(send, f"The access token is not valid: {exc}", "invalid_token")
             return
@@ -116,6 +122,20 @@ class Authenticate:
             verified.checked = now
             self._remember(token, verified)
         return verified.access
+
+    async def _represent(self, token: str, access: ScopedAccess) -> ScopedAccess:
+        """A token acting for others through RelatedPersons reaches only those valid now: one indexed query per
+        request (never cached), so a revocation, a refusal or an 18th birthday holds from the next request on."""
+        store = self._state.context.store
+        principal = access.principal
+        verified = self._cache.get(token)
+        links = verified.links if verified is not None else None
+        if links is None:  # the user's account and INS: fixed for the token's life
+            links = await representatives.links_of(store, principal.subject, principal.own_patient)
+            if verified is not None:
+                verified.links = links
+        held = await representatives.held_by(store, links, CLOCK.now())
+        return access_for(principal.acting_for(held))
 
     def _remember(self, token: str, verified: _Verified) -> None:
         self._cache[token] = verified

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from ..policy.codes import ACCESS_MODES, NORMAL
 from ..policy.professional import Professional
 from .scopes import ScopeGrant, parse_scopes
+
+if TYPE_CHECKING:
+    from ..space.representatives import Representation
 
 #: The scope a professional asks for an emergency mode with (TRE_R248 codes): ``access-mode/bris_de_glace``.
 ACCESS_MODE_SCOPE = "access-mode/"
@@ -19,6 +24,9 @@ class Principal:
 
     ``patient`` is the launch context of ``patient/`` scopes; ``managed_patients`` the Patient ids a
     patient or guardian user may act for (``user/`` scopes); ``fhir_user`` e.g. ``Practitioner/9``.
+    ``represented``: those of them the user reaches through a RelatedPerson (claim ``represented``), checked
+    again on every request; ``read_only``: those the request may read but not change (a delegate's rights);
+    ``delegating``: those for whom it may invite and revoke representatives (docs/lifecycle.md).
     """
 
     client_id: str
@@ -36,6 +44,9 @@ class Principal:
     professional: Professional | None = None
     access_mode: str = NORMAL  # TRE_R248: normal, centre_15, bris_de_glace
     justification: str | None = None  # bris de glace: why (traced, shown to the patient)
+    represented: tuple[str, ...] = ()
+    read_only: frozenset[str] = frozenset()
+    delegating: frozenset[str] = frozenset()
 
     @classmethod
     def from_claims(cls, claims: dict) -> Principal:
@@ -56,11 +67,34 @@ class Principal:
             professional=_professional(claims),
             access_mode=_access_mode(scope),
             justification=claims.get("justification") or None,
+            represented=tuple(str(p) for p in claims.get("represented") or ()),
         )
 
     @property
     def fhir_user_type(self) -> str | None:
         return self.fhir_user.split("/", 1)[0] if self.fhir_user else None
+
+    def acting_for(self, held: Iterable[Representation]) -> Principal:
+        """This principal with only the represented patients ``held`` (the relationships valid now) still in
+        reach, and the rights they give: what a request of a token acting for others may do."""
+        held = list(held)
+        valid = {h.patient for h in held}
+        represented = set(self.represented)
+        managed = tuple(p for p in self.managed_patients if p not in represented or p in valid)
+        patient = self.patient if self.patient not in represented or self.patient in valid else None
+        managing = {h.patient for h in held if h.manages}
+        return replace(
+            self,
+            managed_patients=managed,
+            patient=patient,
+            read_only=frozenset(p for p in valid & represented if p not in managing),
+            delegating=frozenset(h.patient for h in held if h.delegates),
+        )
+
+    @property
+    def own_patient(self) -> str | None:
+        """The caller's own Patient id (their fhirUser)."""
+        return self.fhir_user.split("/", 1)[1] if self.fhir_user_type == "Patient" and self.fhir_user else None
 
 
 def _professional(claims: dict) -> Professional | None:

@@ -264,12 +264,16 @@ class Registry:
     def __init__(self, resources: Iterable[dict]) -> None:
         self.resources: list[dict] = []
         self.profiles: dict[str, Profile] = {}
+        #: Extension definitions (``type`` Extension): loaded and checked like profiles, never a resource's profile.
+        self.extensions: dict[str, Profile] = {}
         self.value_sets: dict[str, dict] = {}
         self.code_systems: dict[str, dict] = {}
         for resource in resources:
             kind, url = resource.get("resourceType"), resource.get("url")
             table = {"StructureDefinition": self.profiles, "ValueSet": self.value_sets,
                      "CodeSystem": self.code_systems}.get(kind)  # fmt: skip
+            if kind == "StructureDefinition" and resource.get("type") == "Extension":
+                table = self.extensions
             if table is None or not isinstance(url, str):
                 raise ProfileError(f"{kind}/{resource.get('id')}: profiles/ holds StructureDefinitions, ValueSets "
                                    "and CodeSystems, each with a url")  # fmt: skip
@@ -280,14 +284,16 @@ class Registry:
         self._expansions: dict[str, tuple[frozenset[tuple[str | None, str]], frozenset[str]]] = {}
         for url, sd in list(self.profiles.items()):
             self.profiles[url] = self._profile(sd)  # type: ignore[arg-type]
-        for profile in self.profiles.values():
+        for url, sd in list(self.extensions.items()):
+            self.extensions[url] = self._profile(sd, kind="complex-type")  # type: ignore[arg-type]
+        for profile in [*self.profiles.values(), *self.extensions.values()]:
             for element in _walk(profile.root):
                 if element.binding:
                     self.expansion(element.binding)  # every required binding must expand, now
 
-    def _profile(self, sd: dict) -> Profile:
-        if sd.get("derivation") != "constraint" or sd.get("kind") != "resource" or not sd.get("type"):
-            raise ProfileError(f"{sd['url']}: only constraints on a resource type are supported")
+    def _profile(self, sd: dict, kind: str = "resource") -> Profile:
+        if sd.get("derivation") != "constraint" or sd.get("kind") != kind or not sd.get("type"):
+            raise ProfileError(f"{sd['url']}: only constraints on a resource type (or Extension) are supported")
         if sd.get("baseDefinition") != CORE + sd["type"]:
             raise ProfileError(f"{sd['url']}: the base must be the R4 {sd['type']} (profiles of profiles come later)")
         return Profile(sd["url"], sd.get("version"), sd.get("name") or sd["id"], sd["type"], _tree(sd), sd)
