@@ -58,9 +58,8 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     use_content_search(settings.content_search)
     validator = validators(settings.validation_helpers(), settings.content_search)
     deliverer = build_deliverer(store, settings)  # the outbox's worker: emails, rest-hooks (fhir_server.notify)
-    sweeper = Sweeper(
-        store, settings, auth.state if auth is not None else None
-    )  # creates due spaces, destroys expired ones (fhir_server.space.sweep)
+    # creates the due spaces, destroys the expired ones with their accounts (fhir_server.space.sweep)
+    sweeper = Sweeper(store, settings, auth)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -11,6 +11,7 @@ import contextlib
 import logging
 from datetime import datetime
 
+from ..auth.server import AuthServer
 from ..auth.state import AuthState
 from ..config import Settings
 from ..store import Store
@@ -32,10 +33,10 @@ async def sweep(store: Store, settings: Settings, now: datetime, accounts: AuthS
 class Sweeper:
     """The server's background pass (one per process: each unit of work re-checks, so several agree)."""
 
-    def __init__(self, store: Store, settings: Settings, accounts: AuthState | None) -> None:
+    def __init__(self, store: Store, settings: Settings, auth: AuthServer | None) -> None:
         self.store = store
         self.settings = settings
-        self.accounts = accounts
+        self.auth = auth  # its state (once started) holds the accounts a destruction removes
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -52,7 +53,8 @@ class Sweeper:
         while True:
             await asyncio.sleep(self.settings.space_sweep_seconds)
             try:
-                done = await sweep(self.store, self.settings, CLOCK.now(), self.accounts)
+                accounts = self.auth.state if self.auth is not None else None
+                done = await sweep(self.store, self.settings, CLOCK.now(), accounts)
                 if any(done.values()):
                     log.info("space sweep: %(created)d created, %(destroyed)d destroyed", done)
             except Exception:  # a store blip must not end the task: the next pass retries
