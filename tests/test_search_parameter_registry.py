@@ -33,8 +33,8 @@ CUSTOM = {
     # the access policy reads authorisations, blocks and administrateurs through them (docs/policy.md)
     ("Consent", "provision-type"): f"{PROJECT}Consent-provision-type",
     ("Consent", "actor-role"): f"{PROJECT}Consent-actor-role",
-    ("AuditEvent", "purpose"): f"{PROJECT}AuditEvent-purpose",
-    ("Patient", "mes-space-status"): f"{PROJECT}Patient-mes-space-status",  # the space's state (docs/lifecycle.md)  # R5's; the access mode of an event (docs/audit.md)
+    ("AuditEvent", "purpose"): f"{PROJECT}AuditEvent-purpose",  # R5's; the access mode of an event (docs/audit.md)
+    ("Patient", "mes-space-status"): f"{PROJECT}Patient-mes-space-status",  # the space's state (docs/lifecycle.md)
     # the ANS NdE guide's, for its Subscriptions' criteria (CommunicationRequest?event-type=SOR)
     (
         "CommunicationRequest",

@@ -542,3 +542,30 @@ def test_nir_keys():
     corsica = "16902" + "2A" + "341735"  # a birth in Corse-du-Sud: 2A counts as 19 in the key
     key = 97 - int(corsica.replace("2A", "19")) % 97
     assert valid_nir(f"{corsica}{key:02d}") and not valid_nir(f"{corsica}{(key + 1) % 97:02d}")
+
+
+async def test_professionals_never_read_the_enrolment_letter(mes: Mes):
+    """The letter carries the code in clear (it is what the insurer posts): the médecin traitant, who reads the
+    rest of the record, gets neither the letter nor its count."""
+    assert (await mes.feed(ndjson(registry_patient(MARC, family="Durand", given="Marc")))).status_code == 200
+    marc = await mes.patient(MARC)
+    system = mes.token("system/*.cruds")
+    CLOCK.advance(days=43)  # the space exists: the médecin traitant reads the record, deposits are taken
+    marc["generalPractitioner"] = [{"reference": "PractitionerRole/r-gp"}]
+    assert (await mes.http.put(f"/Patient/{marc['id']}", json=marc, headers=system)).status_code == 200
+    note = {"resourceType": "Communication", "status": "completed", "subject": {"reference": f"Patient/{marc['id']}"},
+            "payload": [{"contentString": "Rendez-vous de contrôle le 12/01"}]}  # fmt: skip
+    assert (await mes.http.post("/Communication", json=note, headers=system)).status_code == 201
+    ps = {"idNatPs": "gp", "profession": "10", "practitioner": "Practitioner/gp", "role": "PractitionerRole/r-gp",
+          "organization": "Organization/org"}  # fmt: skip
+    raw = mes.server.auth.mint_access_token(client_id="ehr", scope="user/*.rs", fhir_user="PractitionerRole/r-gp",
+                                            lifetime=DAY, extra={"ps": ps})  # fmt: skip
+    gp = {"Authorization": f"Bearer {raw}"}
+    r = await mes.http.get(f"/Communication?subject=Patient/{marc['id']}&_total=accurate", headers=gp)
+    assert r.status_code == 200, r.text
+    found = [e["resource"] for e in r.json().get("entry", ())]
+    assert r.json()["total"] == 1 and [c["payload"][0]["contentString"] for c in found] == [note["payload"][0][
+        "contentString"]]  # fmt: skip
+    letters = await mes.http.get(f"/Communication?subject=Patient/{marc['id']}&category={LETTER}|", headers=system)
+    (letter,) = letters.json()["entry"]
+    assert (await mes.http.get(f"/Communication/{letter['resource']['id']}", headers=gp)).status_code == 404
