@@ -299,10 +299,26 @@ async def test_a_manage_delegate_writes_and_a_revocation_by_update_also_holds(w:
                                 identifiers=[{"system": rep.ACCOUNT, "value": "mallory"}])  # fmt: skip
     assert (await w.http.post("/RelatedPerson", json=forged, headers=paul)).status_code == 403
     assert (await w.http.delete(f"/RelatedPerson/{related['id']}", headers=claire)).status_code == 403
+    # Claire subscribes to Paul's measures: notified while she represents him
+    subscription = {"resourceType": "Subscription", "status": "requested", "reason": "Paul's measures",
+                    "criteria": "Observation?subject=Patient/paul",
+                    "channel": {"type": "email", "endpoint": "mailto:claire@example.org"}}  # fmt: skip
+    assert (await w.http.post("/Subscription", json=subscription, headers=claire)).status_code == 201, r.text
+    assert await notified(w, "claire@example.org", observation("paul-hr", "paul"))
     # ending it by an update (active false) is the person's right
     r = await w.http.put(f"/RelatedPerson/{related['id']}", json={**related, "active": False}, headers=paul)
     assert r.status_code == 200, r.text
     assert (await w.http.get("/Observation/paul-bp", headers=claire)).status_code == 404
+    # and her Subscription, recorded while she represented him, notifies her of nothing more
+    assert not await notified(w, "claire@example.org", observation("paul-temp", "paul"))
+
+
+async def notified(w: World, address: str, resource: dict) -> bool:
+    """Whether writing ``resource`` (as the feed) sends ``address`` a Subscription's email."""
+    w.inbox.messages.clear()
+    await w.put(resource)
+    await w.app.state.deliverer.run_once()
+    return any(rcpt == [address] for rcpt, _, _ in w.inbox.messages)
 
 
 async def test_declined_used_and_expired_invitations_get_the_same_refusal(w: World):

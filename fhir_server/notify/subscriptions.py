@@ -39,6 +39,8 @@ from ..search.indexing import IndexEntry, index_entries
 from ..search.parameters import Scope, parse
 from ..security.access import SUBSCRIPTION_OWNER, owner_tag
 from ..security.principal import ACCESS_MODE_SCOPE, Principal
+from ..space import representatives
+from ..space.clock import CLOCK
 from ..store import ResourceVersion, Store, Transaction
 from ..store.query import AllOf, AnyOf, Condition, IdIn, Search
 from ..validation import R4_RESOURCE_TYPES
@@ -221,6 +223,8 @@ def subscriber_claims(principal: Principal) -> dict:
         claims["fhirUser"] = principal.fhir_user
     if principal.managed_patients:
         claims["managed_patients"] = list(principal.managed_patients)
+    if principal.represented:  # reached through RelatedPersons: re-checked at each delivery
+        claims["represented"] = list(principal.represented)
     if principal.professional is not None:
         claims["ps"] = principal.professional.to_claim()
     return claims
@@ -487,8 +491,17 @@ class Subscriptions:
         if body.get("status") not in LIVE:
             return False
         type_, _, id_ = reference.partition("/")
-        access = subscriber_access(body)
+        access = await self._access_now(subscriber_access(body))
         return access.may(type_, "r") and await within(self.store, type_, id_, access.constraints(type_))
+
+    async def _access_now(self, access: Access) -> Access:
+        """A representative's or delegate's subscription reaches only the people they still represent now (a
+        revocation, a refusal or an 18th birthday stops its notifications as it stops their requests)."""
+        principal = getattr(access, "principal", None)
+        if principal is None or not principal.represented:
+            return access
+        links = await representatives.links_of(self.store, principal.subject, principal.own_patient)
+        return access_for(principal.acting_for(await representatives.held_by(self.store, links, CLOCK.now())))
 
     # -- the Deliverer side --------------------------------------------------------------------------------
 
