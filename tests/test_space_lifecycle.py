@@ -569,3 +569,17 @@ async def test_professionals_never_read_the_enrolment_letter(mes: Mes):
     letters = await mes.http.get(f"/Communication?subject=Patient/{marc['id']}&category={LETTER}|", headers=system)
     (letter,) = letters.json()["entry"]
     assert (await mes.http.get(f"/Communication/{letter['resource']['id']}", headers=gp)).status_code == 404
+
+
+async def test_the_links_of_the_letters_open_a_form_for_each_step(mes: Mes):
+    """What the email or letter links to: a page whose form posts the step's fields to the same address."""
+    steps = {"activate": ("nir", "vitale_serial", "code", "username", "password"),
+             "oppose": ("nir", "vitale_serial", "code"),
+             "opposition-proof": ("nir", "vitale_serial", "birth_date"),
+             "enrolment-code": ("nir", "vitale_serial", "birth_date")}  # fmt: skip
+    for step, names in steps.items():
+        r = await mes.http.get(f"/auth/space/{step}")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html"), step
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+        assert f'action="/auth/space/{step}"' in r.text
+        assert re.findall(r'<input [^>]*name="([a-z_]+)"', r.text) == list(names)

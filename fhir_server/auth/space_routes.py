@@ -9,15 +9,17 @@ address, 429 whatever the request carries. Nothing here logs what was sent.
 from __future__ import annotations
 
 import json
+from html import escape
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ..space import lifecycle, proof
 from ..space.enrolment import WINDOW, Enrolment
 from . import totp
+from .pages import SECURITY_HEADERS, layout
 from .routes import MAX_FORM_BYTES, FormError, issuer, read_form
 from .users import UserError, new_user
 
@@ -210,10 +212,46 @@ async def enrolment_code(request: Request) -> Response:
     return await _step(request, ("nir", "vitale_serial", "birth_date"), run, count_every=True)
 
 
+# --- the pages the letters and emails link to: a form posting to the same address -----------------------------
+_LABELS = {
+    "nir": ("Numéro de sécurité sociale (NIR, 15 caractères)", "text", "off"),
+    "vitale_serial": ("Numéro de série de votre carte Vitale", "text", "off"),
+    "code": ("Code provisoire reçu par courrier ou courriel", "text", "one-time-code"),
+    "birth_date": ("Date de naissance (AAAA-MM-JJ)", "text", "bday"),
+    "username": ("Identifiant de votre compte (choisi maintenant)", "text", "username"),
+    "password": ("Mot de passe (8 caractères au moins)", "password", "new-password"),
+}
+_PAGES = {
+    "activate": ("Activer mon espace santé", ("nir", "vitale_serial", "code", "username", "password"),
+                 "Après l'activation, enregistrez le secret affiché dans votre application d'authentification."),
+    "oppose": ("M'opposer à la création de mon espace santé", ("nir", "vitale_serial", "code"),
+               "Vous recevrez une attestation d'opposition (PDF)."),
+    "opposition-proof": ("Télécharger mon attestation d'opposition", ("nir", "vitale_serial", "birth_date"), ""),
+    "enrolment-code": ("Recevoir un nouveau code provisoire", ("nir", "vitale_serial", "birth_date"),
+                       "Le code précédent ne sera plus valable."),
+}  # fmt: skip
+
+
+def _page(step: str):
+    title, names, note = _PAGES[step]
+    fields = "".join(
+        f'<label for="{name}">{escape(_LABELS[name][0])}</label><input type="{_LABELS[name][1]}" id="{name}" '
+        f'name="{name}" autocomplete="{_LABELS[name][2]}" required>'
+        for name in names
+    )
+    form = f'<form method="post" action="{PREFIX}/{step}">{fields}<button type="submit">Valider</button></form>'
+    html = layout("fr", title, (f"<p>{escape(note)}</p>" if note else "") + form)
+
+    async def page(request: Request) -> Response:
+        return HTMLResponse(html, headers=SECURITY_HEADERS)
+
+    return page
+
+
 def space_routes() -> list[BaseRoute]:
+    steps = {"activate": activate, "oppose": oppose, "opposition-proof": opposition_proof,
+             "enrolment-code": enrolment_code}  # fmt: skip
     return [
-        Route(f"{PREFIX}/activate", activate, methods=["POST"]),
-        Route(f"{PREFIX}/oppose", oppose, methods=["POST"]),
-        Route(f"{PREFIX}/opposition-proof", opposition_proof, methods=["POST"]),
-        Route(f"{PREFIX}/enrolment-code", enrolment_code, methods=["POST"]),
+        *(Route(f"{PREFIX}/{step}", handler, methods=["POST"]) for step, handler in steps.items()),
+        *(Route(f"{PREFIX}/{step}", _page(step), methods=["GET"], name=f"page:{step}") for step in steps),
     ]
