@@ -371,6 +371,23 @@ def scan_sqlite(store_url: str) -> dict[str, set[str]]:
     return found
 
 
+def scan_sqlite_files(store_url: str) -> dict[str, set[str]]:
+    """The bytes of the SQLite files themselves, after a checkpoint folded the write-ahead log in: what a copy of
+    the disk would show (deleted content is overwritten: PRAGMA secure_delete)."""
+    path = Path(sqlite_path(store_url))
+    found: dict[str, set[str]] = {}
+    for db in (path, path.parent / "auth.db"):
+        conn = sqlite3.connect(db)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+        for file in (db, db.with_name(db.name + "-wal")):
+            if file.exists() and (hits := _hits(file.read_bytes())):
+                found.setdefault(file.name, set()).update(hits)
+    return found
+
+
 def scan_mongo(store_url: str) -> dict[str, set[str]]:
     """Every document of every collection of the database (the store's and the auth state's)."""
     import bson
@@ -438,10 +455,14 @@ async def test_deletion_destroys_the_space_at_once_and_the_raw_store_keeps_nothi
     assert await mes.store.outbox_items()  # her notification email waits
     assert scan(mes)  # the scan sees her data before
     before = await lea_snapshot(mes)
+    if mes.store_url.startswith("sqlite"):
+        assert scan_sqlite_files(mes.store_url)  # the bytes on disk hold her data before
     r = await mes.close(ZOE_H, ZOE, password=PASSWORD, deletion=True)
     assert r.status_code == 200, r.text
     assert "destroyed" in r.json()["issue"][0]["diagnostics"]
     assert scan(mes) == {}
+    if mes.store_url.startswith("sqlite"):
+        assert scan_sqlite_files(mes.store_url) == {}
     # the read cache does not answer for her, nor does anything else
     assert (await c.get(f"/Patient/{ZOE}", headers=ZOE_H)).status_code == 404
     assert (await c.get("/DocumentReference/zoe-cr", headers=SYSTEM)).status_code == 404
