@@ -11,6 +11,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --system --gid 10001 fhir \
     && useradd --system --uid 10001 --gid fhir --home-dir /app --no-create-home --shell /usr/sbin/nologin fhir
 
+# DejaVu Sans: the Unicode font of the patient summary PDF (fhir_server/record/summary_pdf.py: é, ç, œ…).
+RUN apt-get update && apt-get install -y --no-install-recommends fonts-dejavu-core \
+    && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /app
 
 # Dependencies first (cached while only the source changes): the metadata pip needs to resolve them,

@@ -25,13 +25,16 @@ from .notify.patient import PatientNotifier
 from .notify.subscriptions import Subscriptions
 from .rest import (  # noqa: F401 (operation, closure, registry and representation routes register their routes)
     closure_routes,
+    document_routes,
     errors,
     health,
+    measures_routes,
     openapi,
     operation_routes,
     registry_routes,
     representation_routes,
     routes,
+    summary_routes,
 )
 from .rest.fastpath import ReadFastPath
 from .search.indexing import use_content_search

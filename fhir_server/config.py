@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     )
     # 15 MiB: a stored version must fit MongoDB's 16 MiB document limit with its metadata.
     max_body_bytes: int = Field(15 * 1024 * 1024, ge=1024, description="Largest accepted request body (413)")
+    # 10 MiB of bytes: base64 in a Binary (4/3 as large) still fits max_body_bytes and MongoDB's 16 MiB document limit.
+    patient_document_max_bytes: int = Field(
+        10 * 1024 * 1024, ge=1, description="Largest document a patient uploads, in bytes once decoded (413)"
+    )
     max_json_depth: int = Field(64, ge=8, description="Deepest accepted JSON nesting (400)")
     default_page_size: int = Field(50, ge=1, description="_count when the client gives none")
     max_page_size: int = Field(1000, ge=1, description="Largest _count honoured")

@@ -48,6 +48,9 @@ OPERATION_PATHS = {
     "reopen": [("post", "/{T}/{id}/$reopen")],
     "invite-delegate": [("post", "/{T}/{id}/$invite-delegate")],
     "revoke": [("post", "/{T}/{id}/$revoke")],
+    "summary": [("get", "/{T}/{id}/$summary")],
+    "lastn": [("get", "/{T}/$lastn")],
+    "move": [("post", "/{T}/{id}/$move")],
     "mark-read": [("post", "/{T}/{id}/$mark-read")],
     "mark-unread": [("post", "/{T}/{id}/$mark-unread")],
 }  # fmt: skip

@@ -27,6 +27,7 @@ from fhir_server.policy.matrix import HabilitationMatrix
 FHIR = "application/fhir+json"
 LOINC = "http://loinc.org"
 A05 = "https://mos.esante.gouv.fr/NOS/TRE_A05-TypeDocComplementaire/FHIR/TRE-A05-TypeDocComplementaire"
+CLASSES_A03 = "https://mos.esante.gouv.fr/NOS/TRE_A03-ClasseDocument/FHIR/TRE-A03-ClasseDocument"
 MATRIX = HabilitationMatrix.load()
 
 # --- the directory ---------------------------------------------------------------------------------------------
@@ -381,6 +382,7 @@ async def test_the_patient_masks_a_professionals_document_and_changes_nothing_el
     assert (await client.delete("/DocumentReference/lea-presc", headers=lea)).status_code == 403  # a PS's document
     own = document("lea-own", "lea", (A05, "DOCPAT03"))
     own["author"] = [{"reference": "Patient/lea"}]
+    own["category"] = [{"coding": [{"system": CLASSES_A03, "code": "10"}]}]  # its DMP class (record/documents.py)
     assert (await client.put("/DocumentReference/lea-own", json=own, headers=lea)).status_code == 201
     assert (await client.delete("/DocumentReference/lea-own", headers=lea)).status_code == 204
 

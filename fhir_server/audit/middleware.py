@@ -36,6 +36,9 @@ from .trace import AuditTrail, RequestTrace
 log = logging.getLogger("fhir_server.audit")
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 TRACE_KEY = "fhir.trace"  # the request's RequestTrace in the ASGI scope (rest.caller adds it as observer)
+#: What an answer discloses when its body is not a FHIR answer to parse (the ``$summary`` PDF, its document
+#: Bundle): the route puts the stored resources it shows here, and they are traced as a Bundle's entries are.
+DISCLOSED_KEY = "fhir.disclosed"
 _WRITES = ("POST", "PUT", "PATCH", "DELETE")
 _AUDIT_TYPES = frozenset({"AuditEvent"})
 _AUDIT_OPERATIONS = frozenset({"activity"})
@@ -141,7 +144,11 @@ class AuditMiddleware:
         outcome = outcome_of_status(status)
         query = _query(scope, target, form)
         interaction = target.interaction
-        resources = _resources(body) if status < 400 and body else []
+        disclosed = scope.get(DISCLOSED_KEY)
+        if status < 400 and disclosed is not None:
+            resources = list(disclosed)
+        else:
+            resources = _resources(body) if status < 400 and body else []
         if interaction == "batch":
             interaction = _bundle_interaction(resources, form)
             form = b""

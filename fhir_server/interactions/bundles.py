@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 from ..errors import FhirError, Issue, bad_request, not_found, precondition_failed, too_large
 from ..fhirjson import dumps
 from ..instant import new_id
+from ..record import measures_flux
 from ..search.criteria import parse_criteria
 from ..store import ResourceVersion, Transaction
 from ..validation import R4_RESOURCE_TYPES
@@ -68,7 +69,9 @@ def parse_entries(bundle: object, base: str, max_entries: int) -> tuple[str, lis
         raise bad_request("Bundle.entry must be an array", expression=("Bundle.entry",))
     if len(raw) > max_entries:
         raise too_large(f"The Bundle has {len(raw)} entries; the limit is {max_entries}")
-    return kind, [_entry(i, e, base) for i, e in enumerate(raw)]
+    entries = [_entry(i, e, base) for i, e in enumerate(raw)]
+    measures_flux.check_bundle(bundle, entries)  # the IG "Mesures de santé" flux's structure errors
+    return kind, entries
 
 
 def _entry(index: int, entry: object, base: str) -> EntryRequest:
@@ -168,6 +171,7 @@ async def transaction(ctx: Context, entries: list[EntryRequest]) -> list[EntryRe
                     results[entry.index] = EntryResult(200, existing)
                     if entry.full_url:
                         mapping[entry.full_url] = f"{entry.type}/{found}"
+        await measures_flux.resolve(tx, entries, mapping)  # measures' subjects given by identifier
         await _resolve_conditional_references(tx, entries, mapping)
         for entry in ordered:
             if entry.index in results:

@@ -19,7 +19,8 @@ _CORE = "http://hl7.org/fhir/OperationDefinition"
 RESOURCE_OPERATIONS = [
     {"name": name, "definition": f"{_CORE}/Resource-{name}"} for name in ("validate", "meta", "meta-add", "meta-delete")
 ]
-#: The project's own operations (docs/policy.md, docs/audit.md, docs/notifications.md, docs/lifecycle.md).
+#: The project's own operations (docs/policy.md, docs/audit.md, docs/notifications.md, docs/lifecycle.md,
+#: docs/medical-record.md).
 PROJECT_OPERATION = "https://github.com/fhir-server/fhir-server/OperationDefinition/"
 TYPE_OPERATIONS = {
     "Patient": [
@@ -28,6 +29,12 @@ TYPE_OPERATIONS = {
         *({"name": name, "definition": f"{PROJECT_OPERATION}Patient-{name}"}
           for name in ("mask-documents", "activity", "notification-preferences", "registry-import", "close",
                        "reopen", "invite-delegate")),
+        {"name": "summary", "definition": "http://hl7.org/fhir/uv/ips/OperationDefinition/summary"},
+    ],
+    "Observation": [{"name": "lastn", "definition": f"{_CORE}/Observation-lastn"}],
+    "DocumentReference": [
+        {"name": name, "definition": f"{PROJECT_OPERATION}DocumentReference-{name}"}
+        for name in ("mark-read", "mark-unread", "move")
     ],
     "RelatedPerson": [{"name": "revoke", "definition": f"{PROJECT_OPERATION}RelatedPerson-revoke"}],
     "Group": [{"name": "export", "definition": f"{_BULK}/group-export"}],

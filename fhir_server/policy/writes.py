@@ -5,7 +5,9 @@
   patient (who may block others); only the patient side names administrateurs.
 * A document: its author changes it (``rules.change``); the patient side may mask or unmask a
   professional's document (``MASQUE_PS`` in ``securityLabel``, as PDSm4DMP does by JSON Patch) and change
-  nothing else of it.
+  nothing else of it. A document the patient side deposits follows ``record/documents.py`` (format sniffed,
+  size, DMP type and class, author, hospitalisation); a professional never marks one read for the patient.
+* The patient's folders (``record/folders.py``): the patient side's only.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import orjson
 
 from ..errors import forbidden, unprocessable
 from ..interactions.access import within
+from ..record import documents, folders, measures_bmi
 from ..store import ResourceVersion, Transaction
 from . import codes
 
@@ -34,6 +37,16 @@ async def check(access: PolicyAccess, tx: Transaction, version: ResourceVersion)
         _one_type(_body(version))
         if access.patient_side is not None:
             await _patient_document_change(tx, version)
+            await _patient_document_content(access, tx, version)
+        else:
+            previous = await tx.read_current("DocumentReference", version.id)
+            documents.check_read_state_kept(_body(previous), _body(version))
+    elif version.type == "Binary" and not version.deleted and access.patient_side is not None:
+        await documents.check_binary(tx, version)  # what the patient side uploads (record/documents.py)
+    elif version.type == "List":
+        await folders.check(access.professional is not None, tx, version)
+    elif version.type == "Observation":  # the IG's measures: units, no client BMI, the server's BMI kept current
+        await measures_bmi.on_write(tx, version)
 
 
 async def _notification_kept(tx: Transaction, version: ResourceVersion) -> None:
@@ -165,6 +178,16 @@ async def _patient_document_change(tx: Transaction, version: ResourceVersion) ->
             "Only its author may change this document; the patient may mask or unmask it "
             "(MASQUE_PS in securityLabel) and nothing else"
         )
+
+
+async def _patient_document_content(access: PolicyAccess, tx: Transaction, version: ResourceVersion) -> None:
+    """A document the patient side deposits, or changes of its own: format, size, DMP type and class, author,
+    hospitalisation (record/documents.py)."""
+    previous = _body(await tx.read_current("DocumentReference", version.id)) if version.version > 1 else None
+    if previous is not None and _without_visibility(previous) == _without_visibility(_body(version) or {}):
+        return  # a masking: documents stored before these rules stay maskable
+    if previous is None or _authored_by_patient_side(previous):
+        await documents.check_document(access.principal, tx, version)
 
 
 def _visibility(document: dict) -> set[str]:

@@ -668,6 +668,12 @@ def _resource_operation(t: str, op: dict) -> list[tuple[str, str, dict]]:
                 ),
             )
         ]
+    if (t, name) == ("Observation", "lastn"):
+        params = [_query("max", {"type": "integer", "minimum": 1, "maximum": 100}, "How many per code (default 1)"),
+                  *(_query(p, {"type": "string"}, f"As the search parameter {p}")
+                    for p in ("patient", "subject", "category", "code", "date"))]  # fmt: skip
+        return [(f"/{t}/$lastn", "get", _operation("lastn-Observation", t, "$lastn: the last observations of each "
+                                                   "code of a patient", params, _ok("Bundle"), **about))]  # fmt: skip
     if (t, name) in _TYPE_LEVEL_OPERATIONS:
         summary, media = _TYPE_LEVEL_OPERATIONS[(t, name)]
         body = {"requestBody": {"required": True, "content": {m: {"schema": {"type": "string"}} for m in media}}}
@@ -726,6 +732,18 @@ _INSTANCE_OPERATIONS: dict[tuple[str, str], list[tuple[str, str, list, str, dict
     ("Patient", "invite-delegate"): [
         ("post", "invite a proche (aidant) or the second legal representative by email (the RelatedPerson)", [],
          "Resource",
+         {"requestBody": _request("Parameters")}),
+    ],
+    ("Patient", "summary"): [
+        ("get", "the patient summary (IPS document Bundle, or a PDF in French with _format=pdf)",
+         [_query("_format", {"type": "string"}, "pdf for the PDF"), _query("profile", {"type": "string"},
+                                                                           "The IPS Bundle profile only")],
+         "Bundle", {}),
+    ],
+    ("DocumentReference", "mark-read"): [("post", "the patient marks the document read", [], "Resource", {})],
+    ("DocumentReference", "mark-unread"): [("post", "back to unread", [], "Resource", {})],
+    ("DocumentReference", "move"): [
+        ("post", "move the document into a folder (List), or out of any", [], "Resource",
          {"requestBody": _request("Parameters")}),
     ],
     ("RelatedPerson", "revoke"): [("post", "end a representation or withdraw an invitation", [], "RelatedPerson", {})],

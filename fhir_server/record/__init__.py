@@ -1,0 +1,1 @@
+"""The medical record: measures, documents, summary."""
