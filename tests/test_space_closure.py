@@ -248,8 +248,12 @@ async def test_closing_shuts_every_professional_out_at_once(mes: Mes):
         assert before["read"] == before["binary"] == before["observation"] == 200 and before["total"], before
         assert before["chain"] and before["has"] == 1 and "lea-cr" in before["revinclude"], before
         assert before["history"] == before["obs-history"] == 1 and "lea-cr" in before["everything"], before
-    exported = await exported_ids(c, "/Patient/$export?_type=DocumentReference,Observation", MED)
-    assert {"lea-cr", "lea-weight"} <= exported
+    # The bulk export runs the same store conditions as the searches above; it is slow on the MongoDB stand-in
+    # (its export under the policy is tested on both stores by tests/test_policy.py): SQLite only here.
+    exporting = mes.store_url.startswith("sqlite")
+    if exporting:
+        exported = await exported_ids(c, "/Patient/$export?_type=DocumentReference,Observation", MED)
+        assert {"lea-cr", "lea-weight"} <= exported
     r = await mes.close(LEA, password=PASSWORD)
     assert r.status_code == 200, r.text
     patient = r.json()
@@ -265,8 +269,9 @@ async def test_closing_shuts_every_professional_out_at_once(mes: Mes):
         histories = found.pop("history"), found.pop("obs-history")
         assert all(h in (404, 0) for h in histories), histories  # unknown, or nothing in it
         assert found == CLOSED_PROBES, found
-    exported = await exported_ids(c, "/Patient/$export?_type=DocumentReference,Observation", MED)
-    assert not {i for i in exported if i.startswith("lea")}  # the bulk export too
+    if exporting:
+        exported = await exported_ids(c, "/Patient/$export?_type=DocumentReference,Observation", MED)
+        assert not {i for i in exported if i.startswith("lea")}  # the bulk export too
     # a deposit answers 422, naming the closure, and stores nothing
     deposit = document("lea-new", "lea", (LOINC, "11488-4"))
     r = await c.put("/DocumentReference/lea-new", json=deposit, headers=MED)

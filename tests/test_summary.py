@@ -11,6 +11,7 @@ import contextlib
 import io
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -235,7 +236,16 @@ async def test_bris_de_glace_pdf_says_what_is_not_accessible(client):
     assert "DTP" in text and "Asthme" in text
 
 
-async def test_a_long_list_spans_pages(client):
+@pytest.fixture
+async def sqlite_client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    async with summary_server(f"sqlite:///{tmp_path / 'fhir.db'}") as c:
+        yield c
+
+
+async def test_a_long_list_spans_pages(sqlite_client):
+    """The PDF's layout does not depend on the store (the sections are read as in the other tests, on both):
+    SQLite only, to keep the suite short."""
+    client = sqlite_client
     vaccines = [{"resource": {"resourceType": "Immunization", "status": "completed", "patient": LEA_REF,
                               "vaccineCode": {"text": f"Vaccin n°{n:03d} (rappel, entre deux âges)"},
                               "occurrenceDateTime": f"20{n % 25:02d}-01-01"},
