@@ -540,3 +540,46 @@ def test_retention_dates():
     assert closure.is_due(closure.marked_for_deletion(shut, now), now.date())
     assert not closure.is_due(status.Space(status=status.CLOSED, retain_until="2020"), date(2030, 1, 1))
     assert closure.reopened(shut).status == status.CREATED and not closure.reopenable(closure.reopened(shut))
+
+
+async def test_a_closed_space_leaks_nothing_by_the_other_channels(mes: Mes):
+    """Batch answers, conditional update and delete matching, a Subscription's queued notification and the wording
+    of the 404: after the closure, the médecin traitant learns nothing more than of a record that never existed."""
+    c = mes.client
+    subscription = {"resourceType": "Subscription", "status": "requested", "reason": "suivi",
+                    "criteria": "Observation?subject=Patient/lea",
+                    "channel": {"type": "rest-hook", "endpoint": "https://ehr.example/hook"}}  # fmt: skip
+    assert (await c.post("/Subscription", json=subscription, headers=GP)).status_code == 201
+    weight = {"resourceType": "Observation", "id": "lea-weight-2", "status": "final",
+              "code": {"coding": [{"system": LOINC, "code": "29463-7"}]}, "subject": {"reference": "Patient/lea"},
+              "valueQuantity": {"value": 61, "unit": "kg", "system": "http://unitsofmeasure.org",
+                                "code": "kg"}}  # fmt: skip
+    assert (await c.put("/Observation/lea-weight-2", json=weight, headers=SYSTEM)).status_code == 201
+    subscriptions = mes.app.state.context.observers[0]
+    queued = [i for i in await mes.store.outbox_items() if i.payload.get("resource") == "Observation/lea-weight-2"]
+    assert len(queued) == 1 and await subscriptions.admissible(queued[0])  # open: it would be sent
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "DocumentReference/lea-cr"}},
+        {"request": {"method": "GET", "url": "Observation?subject=Patient/lea&_total=accurate"}}]}  # fmt: skip
+    before = (await c.post("/", json=batch, headers=GP)).json()["entry"]
+    assert before[0]["response"]["status"].startswith("200") and before[1]["resource"]["total"] >= 1
+
+    assert (await mes.close(lea_token(), password=PASSWORD)).status_code == 200
+    # the notification queued before the closure is not sent: the subscriber may no longer read it
+    assert not await subscriptions.admissible(queued[0])
+    after = (await c.post("/", json=batch, headers=GP)).json()["entry"]
+    assert after[0]["response"]["status"].startswith("404") and after[1]["resource"]["total"] == 0
+    assert "entry" not in after[1]["resource"]
+    # conditional update and delete match nothing of hers: unknown, as if it never existed, or (a create)
+    # refused as a deposit into a closed space
+    changed = {**weight, "status": "amended"}
+    r = await c.put("/Observation?_id=lea-weight-2", json=changed, headers=GP)
+    assert r.status_code in (404, 422), r.text
+    r = await c.delete("/Observation?_id=lea-weight-2", headers=GP)
+    assert r.status_code in (200, 204), r.text
+    kept = await c.get("/Observation/lea-weight-2", headers=lea_token())
+    assert kept.status_code == 200 and kept.json()["status"] == "final" and kept.json()["meta"]["versionId"] == "1"
+    # the 404 says what it says of a record that never existed
+    closed = (await c.get("/DocumentReference/lea-cr", headers=GP)).json()
+    never = (await c.get("/DocumentReference/never-was", headers=GP)).json()
+    assert json.dumps(closed).replace("lea-cr", "X") == json.dumps(never).replace("never-was", "X")

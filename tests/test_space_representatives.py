@@ -270,6 +270,17 @@ async def test_an_aidant_invited_accepts_reads_cannot_write_and_is_revoked_on_a_
     r = await w.http.post(f"/RelatedPerson/{invitation['id']}/$revoke", headers=paul)
     assert r.status_code == 200 and r.json()["active"] is False, r.text
     assert (await w.http.get("/Observation/paul-weight", headers=sophie)).status_code == 404
+    for path in ("/Observation/paul-weight/_history/1", "/Observation/paul-weight/_history", "/Patient/paul",
+                 "/Patient/paul/$everything"):  # fmt: skip
+        assert (await w.http.get(path, headers=sophie)).status_code in (403, 404), path
+    for query in (
+        "/Observation?subject=Patient/paul&_summary=count",
+        "/Patient?_id=paul&_revinclude=Observation:subject",
+        "/Observation?subject:Patient.gender=male,female,other,unknown&_total=accurate",
+        "/Patient?_has:Observation:subject:status=final",
+    ):
+        r = await w.http.get(query, headers=sophie)
+        assert r.status_code in (200, 403) and not r.json().get("total") and not r.json().get("entry"), query
     # every transition is traced, naming Paul
     described = [e.get("outcomeDesc") for e in await w.events("paul")]
     for text in ("invitation (delegate, read) sent", "invitation accepted", "representation revoked"):
