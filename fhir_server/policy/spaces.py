@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..errors import unprocessable
 from ..fhirjson import loads
-from ..search.indexing import index_entries
+from ..search.patients import patients_named_by
 from ..space import status
 from ..space.clock import CLOCK
 from ..store import ResourceVersion, Transaction
@@ -31,9 +31,7 @@ def owners(version: ResourceVersion) -> tuple[str, ...]:
     param = "securitycontext" if version.type == "Binary" else owner_param(version.type)
     if param is None:
         return ()
-    entries = index_entries(loads(version.body, max_depth=1 << 20))
-    found = {e.value.split("/", 1)[1] for e in entries if e.param == param and (e.value or "").startswith("Patient/")}
-    return tuple(sorted(found))
+    return tuple(sorted(patients_named_by(loads(version.body, max_depth=1 << 20), param)))
 
 
 async def refuse_closed(tx: Transaction, version: ResourceVersion) -> None:
@@ -43,5 +41,6 @@ async def refuse_closed(tx: Transaction, version: ResourceVersion) -> None:
         if stored is None or stored.deleted or stored.body is None:
             continue  # an unknown subject is the reference checks' business, not this one's
         space = status.read(loads(stored.body, max_depth=1 << 20))
-        if space is not None and not space.effective(CLOCK.now()).open:
-            raise unprocessable(REFUSALS[space.effective(CLOCK.now()).status])
+        now = space.effective(CLOCK.now()) if space is not None else None
+        if now is not None and not now.open:
+            raise unprocessable(REFUSALS[now.status])

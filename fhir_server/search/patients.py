@@ -24,9 +24,10 @@ def compartment_params(type_: str) -> frozenset[str]:
 
 
 @lru_cache(maxsize=512)
-def _extractors(type_: str) -> tuple[tuple[str | None, str, object, object], ...]:
-    """The compiled extractors of the compartment parameters only: (top-level key or None, code, fn, emit)."""
-    wanted = compartment_params(type_)
+def _extractors(type_: str, only: str | None = None) -> tuple[tuple[str | None, str, object, object], ...]:
+    """The compiled extractors of the compartment parameters (or of the parameter ``only``): (top-level key or
+    None, code, fn, emit)."""
+    wanted = compartment_params(type_) if only is None else frozenset({only})
     by_head, headless, _ = plan(type_)
     found = [(head, code, fn, emit) for head, steps in by_head.items() for code, fn, emit in steps if code in wanted]
     found += [(None, code, fn, emit) for code, fn, emit in headless if code in wanted]
@@ -49,9 +50,20 @@ def patients_of(resource: dict, base: str | None = None) -> list[str]:
         return [resource["id"]] if resource.get("id") else []
     if not isinstance(type_, str) or not compartment_params(type_):
         return []
+    return _named(resource, _extractors(type_), base)
+
+
+def patients_named_by(resource: dict, param: str, base: str | None = None) -> list[str]:
+    """The ids of the patients one reference parameter of ``resource`` names (``subject``, a Binary's
+    ``securitycontext``…), evaluating that parameter only."""
+    type_ = resource.get("resourceType")
+    return _named(resource, _extractors(type_, param), base) if isinstance(type_, str) else []
+
+
+def _named(resource: dict, extractors: tuple, base: str | None) -> list[str]:
     focus = [resource]
     found: dict[str, None] = {}
-    for head, code, fn, emit in _extractors(type_):
+    for head, code, fn, emit in extractors:
         if head is not None and head not in resource:
             continue
         for value in fn(focus, resource):  # type: ignore[operator]
