@@ -116,9 +116,7 @@ async def accept(request: Request) -> Response:
     try:
         values = await _values(request)
     except (FormError, ValueError) as exc:
-        return _answer(
-            request, 400, {"error": "invalid_request", "error_description": str(exc)}, "Invitation", str(exc)
-        )
+        return _bad_request(request, str(exc))
     token, username, password = values.get("token", ""), values.get("username", "").strip(), values.get("password", "")
     svc = services(request)
     ip = request.client.host if request.client else None
@@ -167,9 +165,7 @@ async def decline(request: Request) -> Response:
     try:
         values = await _values(request)
     except (FormError, ValueError) as exc:
-        return _answer(
-            request, 400, {"error": "invalid_request", "error_description": str(exc)}, "Invitation", str(exc)
-        )
+        return _bad_request(request, str(exc))
     svc = services(request)
     try:
         held = await delegation.pending(svc, values.get("token", ""))
