@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
-from ..errors import FhirError, Issue, bad_request, not_found
+from ..errors import FhirError, Issue, bad_request, forbidden, not_found
 from ..fhirjson import dumps, loads
+from ..record import origin
 from ..search.indexing import index_entries
 from ..store import ResourceVersion, Transaction
 from ..validation import profiles, validate_resource
@@ -121,7 +122,11 @@ def _meta_parameter(body: object) -> dict:
     part = parameter(body, "meta")
     if part is None or not isinstance(part.get("valueMeta"), dict):
         raise bad_request("The Parameters need a 'meta' part with a valueMeta")
-    return part["valueMeta"]
+    meta = part["valueMeta"]
+    for tag in meta.get("tag") or ():
+        if isinstance(tag, dict) and tag.get("system") in origin.SERVER_TAG_SYSTEMS:
+            raise forbidden(f"Tags of {tag['system']} are written by the server: $meta-add/-delete cannot change them")
+    return meta
 
 
 def _coding_key(coding: dict) -> tuple:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..interactions.access import LOOKUP, NOTHING
+from ..record import origin
 from ..search.indexing import IndexEntry
 from ..security.access import ScopedAccess
 from ..security.principal import Principal
@@ -40,6 +41,7 @@ class _Deposits:
         self, tx: Transaction, version: ResourceVersion, entries: Sequence[IndexEntry]
     ) -> tuple[ResourceVersion, Sequence[IndexEntry]]:
         version, entries = await deposits.apply_defaults(tx, version, entries)
+        version, entries = origin.stamp(self.principal, version, entries)  # type: ignore[attr-defined]
         return await super().prepare_write(tx, version, entries)  # type: ignore[misc] (ScopedAccess: Subscriptions)
 
     async def check_write(self, tx: Transaction, version: ResourceVersion) -> None:

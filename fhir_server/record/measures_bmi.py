@@ -17,9 +17,9 @@ from ..instant import date_range
 from ..search.criteria import parse_criteria
 from ..store import ResourceVersion, Transaction
 from .measures import BMI, HEIGHT, LOINC, UCUM, WEIGHT, check, invalid, is_bmi, loinc_codes
+from .origin import ORIGIN
+from .origin import SERVER_COMPUTED as COMPUTED
 
-ORIGIN = "https://github.com/fhir-server/fhir-server/CodeSystem/record-origin"
-COMPUTED = "server-computed"
 IDENTIFIER = "https://github.com/fhir-server/fhir-server/identifier/computed-bmi"
 PROFILE = "https://interop.esante.gouv.fr/ig/fhir/mesures/StructureDefinition/mesures-fr-observation-bmi"
 VITAL_SIGNS = {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}
