@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import json
 import time
 from collections.abc import AsyncIterator
@@ -21,8 +22,10 @@ from test_policy import consent, directory, ps_token
 
 from fhir_server.app import create_app
 from fhir_server.config import Settings
+from fhir_server.loader import load_paths
 from fhir_server.policy import codes
 from fhir_server.record import measures_bmi, measures_flux
+from fhir_server.store import open_store
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "ans-examples" / "mesures"
 LOINC = "http://loinc.org"
@@ -350,7 +353,7 @@ async def test_a_professionals_weight_updates_the_bmi_and_others_are_untouched(c
 
 async def test_nobody_but_the_server_writes_a_bmi(client):
     sent = measure(BMI, 22.0, "kg/m2", "2026-01-01")
-    for headers in (LEA, MED):
+    for headers in (LEA, MED, SYSTEM):  # a device feed's backend too
         r = await client.post("/Observation", json=sent, headers=headers)
         assert r.status_code == 422, r.text
         assert issue(r)["code"] == "not-supported" and "server computes BMI" in issue(r)["diagnostics"]
@@ -363,6 +366,41 @@ async def test_nobody_but_the_server_writes_a_bmi(client):
     recoded = {**bmi, "code": {"coding": [{"system": LOINC, "code": WEIGHT}]}}  # nor turned into something else
     assert (await client.put(f"/Observation/{bmi['id']}", json=recoded, headers=LEA)).status_code == 422
     assert (await bmi_of(client))[0]["valueQuantity"]["value"] == 22.9
+
+
+async def test_a_backends_measures_follow_the_igs_rules_too(client):
+    r = await client.post("/Observation", json=measure(WEIGHT, 70, "lb", "2026-01-01"), headers=SYSTEM)
+    assert r.status_code == 422 and issue(r)["expression"] == ["Observation.valueQuantity.code"], r.text
+    await create(client, measure(WEIGHT, 70, "kg", "2026-01-01"), SYSTEM)
+    await create(client, measure(HEIGHT, 175, "cm", "2026-01-01"), SYSTEM)
+    assert (await bmi_of(client))[0]["valueQuantity"]["value"] == 22.9
+
+
+async def test_the_examples_bmi_is_the_servers_and_a_new_weight_keeps_it_current(tmp_path):
+    """``fhir-server load`` keeps what the operator loads; the dataset carries Léa's BMI in the server's shape,
+    so the first weight sent afterwards updates that same BMI instead of adding a second one."""
+    store_url = f"sqlite:///{tmp_path / 'examples.db'}"
+    loaded, errors, output = await load_examples(store_url)
+    assert loaded > 0 and errors == 0, output
+    app = create_app(Settings(store=store_url, auth=False, load_definitions=False, validation_processes=0))
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url=FHIR_BASE) as c:
+        app.state.auth = StandInVerifier()
+        [bmi] = await bmi_of(c, "lea-marchand")
+        assert measures_bmi.is_server_bmi(bmi) and bmi["valueQuantity"]["value"] == 22.9
+        await create(c, measure(WEIGHT, 70, "kg", "2026-11-01", "lea-marchand"), SYSTEM)
+        [updated] = await bmi_of(c, "lea-marchand")
+        assert (updated["id"], updated["valueQuantity"]["value"]) == (bmi["id"], 24.8)  # 70 / 1.68²
+
+
+async def load_examples(store_url: str) -> tuple[int, int, str]:
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    store = open_store(store_url)
+    stream = io.StringIO()
+    async with store:
+        paths = [examples / "patients.json", examples / "medical-profile.json"]
+        report = await load_paths(store, paths, Settings(store=store_url), stream=stream)
+    return report.resources, report.errors, stream.getvalue()
 
 
 async def test_the_flux_weight_updates_the_bmi_in_its_transaction(client):

@@ -509,6 +509,17 @@ def observation(id_: str, code: str, display: str, text: str, **value) -> dict:
     }
 
 
+def server_bmi(id_: str, value: float, weight: str, height: str) -> dict:
+    """The BMI as the server computes and keeps it (record/measures_bmi.py): a client may not send one, so
+    the dataset carries it in the server's shape (its tag, identifier and sources)."""
+    bmi = observation(id_, "39156-5", "Body mass index (BMI) [Ratio]", "IMC", valueQuantity=quantity(value, "kg/m2"))
+    del bmi["performer"]
+    bmi["meta"] = {"tag": [{"system": f"{PROJECT}/CodeSystem/mes-origin", "code": "server-computed"}]}
+    bmi["identifier"] = [{"system": f"{PROJECT}/identifier/computed-bmi", "value": LEA.split("/", 1)[1]}]
+    bmi["derivedFrom"] = [ref(f"Observation/{weight}"), ref(f"Observation/{height}")]
+    return bmi
+
+
 def quantity(value: float, unit: str, code: str | None = None) -> dict:
     return {"value": value, "unit": unit, "system": UCUM, "code": code or unit}
 
@@ -594,8 +605,7 @@ def medical_profile() -> list[dict]:
                     valueQuantity=quantity(64.5, "kg")),
         observation("lea-marchand-taille-2026-09", "8302-2", "Body height", "Taille",
                     valueQuantity=quantity(168, "cm")),
-        observation("lea-marchand-imc-2026-09", "39156-5", "Body mass index (BMI) [Ratio]", "IMC",
-                    valueQuantity=quantity(22.9, "kg/m2")),
+        server_bmi("lea-marchand-imc-2026-09", 22.9, "lea-marchand-poids-2026-09", "lea-marchand-taille-2026-09"),
         observation("lea-marchand-tension-2026-09", "85354-9", "Blood pressure panel with all children optional",
                     "Tension artérielle", component=[
                         {"code": concept(LOINC, "8480-6", "Systolic blood pressure"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..interactions.access import LOOKUP, NOTHING
-from ..record import origin
+from ..record import measures_bmi, origin
 from ..search.indexing import IndexEntry
 from ..security.access import ScopedAccess
 from ..security.principal import Principal
@@ -33,9 +33,9 @@ def access_for(principal: Principal) -> ScopedAccess:
 
 
 class _Deposits:
-    """What every write into a patient's record goes through: the patient's deposit settings, and no data for
-    a space that does not exist (``spaces.py``: checked after the access checks, so the refusal tells nothing
-    to a caller who may not write there anyway)."""
+    """What every write into a patient's record goes through: the patient's deposit settings, the origin
+    stamp, the measures' rules, and no data for a space that does not exist (``spaces.py``: checked after the
+    access checks, so the refusal tells nothing to a caller who may not write there anyway)."""
 
     async def prepare_write(
         self, tx: Transaction, version: ResourceVersion, entries: Sequence[IndexEntry]
@@ -47,6 +47,9 @@ class _Deposits:
     async def check_write(self, tx: Transaction, version: ResourceVersion) -> None:
         await super().check_write(tx, version)  # type: ignore[misc]
         await spaces.refuse_closed(tx, version)
+        # The IG's measures, for every token (a device feed's system/ one too): units, no client BMI, the
+        # server's BMI kept current. A load or a server without auth is the operator's and keeps what it carries.
+        await measures_bmi.on_write(tx, version)
 
 
 class BackendAccess(_Deposits, ScopedAccess):

@@ -18,7 +18,7 @@ import orjson
 
 from ..errors import forbidden, unprocessable
 from ..interactions.access import within
-from ..record import documents, folders, measures_bmi
+from ..record import documents, folders
 from ..store import ResourceVersion, Transaction
 from . import codes
 
@@ -45,8 +45,6 @@ async def check(access: PolicyAccess, tx: Transaction, version: ResourceVersion)
         await documents.check_binary(tx, version)  # what the patient side uploads (record/documents.py)
     elif version.type == "List":
         await folders.check(access.professional is not None, tx, version)
-    elif version.type == "Observation":  # the IG's measures: units, no client BMI, the server's BMI kept current
-        await measures_bmi.on_write(tx, version)
 
 
 async def _notification_kept(tx: Transaction, version: ResourceVersion) -> None:
