@@ -29,6 +29,7 @@ from .rest import (  # noqa: F401 (operation, closure, registry and representati
     errors,
     health,
     measures_routes,
+    messaging_routes,
     openapi,
     operation_routes,
     registry_routes,

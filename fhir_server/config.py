@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     patient_document_max_bytes: int = Field(
         10 * 1024 * 1024, ge=1, description="Largest document a patient uploads, in bytes once decoded (413)"
     )
+    message_attachment_max_bytes: int = Field(
+        10 * 1024 * 1024, ge=1, description="Largest attachment of a message, in bytes once decoded (413)"
+    )
+    message_max_attachments: int = Field(10, ge=0, description="Most attachments a message carries (422)")
     max_json_depth: int = Field(64, ge=8, description="Deepest accepted JSON nesting (400)")
     default_page_size: int = Field(50, ge=1, description="_count when the client gives none")
     max_page_size: int = Field(1000, ge=1, description="Largest _count honoured")

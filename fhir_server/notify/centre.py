@@ -24,7 +24,7 @@ def _caller_refs(ctx: Context) -> set[str] | None:
     if principal.fhir_user:
         refs.add(principal.fhir_user)
     if principal.professional is not None:
-        refs.update(principal.professional.refs)
+        refs.update(principal.professional.refs_with_organization)  # a message to their organisation too
     return refs
 
 

@@ -6,7 +6,7 @@ decides which notifications are due, and writes them in the same unit — a ``Co
 patient (their notification centre) and, when the patient has an email address, an outbox email — so a
 notification exists exactly when the access or the change it reports does.
 
-Events (``EVENTS``; an open list — messages and appointments come later):
+Events (``EVENTS``; an open list — appointments come with the agenda):
 
 * ``professional-access`` — a professional read the record: at most once per professional, patient and day;
 * ``emergency-access`` — a professional read it in an emergency mode (Centre 15, bris de glace): once per
@@ -14,7 +14,8 @@ Events (``EVENTS``; an open list — messages and appointments come later):
   patient's médecin traitant (``Patient.generalPractitioner``);
 * ``document-added`` / ``document-replaced`` — a document (DocumentReference) created / changed by anyone but
   the patient;
-* ``consent-changed`` — a privacy or sharing choice (Consent) written by someone other than the patient.
+* ``consent-changed`` — a privacy or sharing choice (Consent) written by someone other than the patient;
+* ``message-received`` — a professional sent the patient a message (docs/messaging.md): once per message.
 
 Nothing of the record travels: the text says what happened, by whom (profession, national number), when, and
 links to the notification; never a document's title, type or content. Preferences: ``preferences.py``.
@@ -32,6 +33,7 @@ from ..audit import reading
 from ..config import Settings
 from ..instant import new_id, now_us
 from ..interactions.crud import create_in
+from ..messaging import messages
 from ..policy.codes import NOTIFICATION_EVENT
 from ..policy.matrix import PROFESSIONS
 from ..store import Transaction
@@ -56,6 +58,8 @@ EVENTS: dict[str, tuple[str, str]] = {
                           "A document of your medical record was changed"),
     "consent-changed": ("Vos paramètres de confidentialité ont été modifiés",
                         "Your privacy settings were changed"),
+    "message-received": ("Vous avez reçu un nouveau message d'un professionnel de santé",
+                         "You received a new message from a health professional"),
 }  # fmt: skip
 _MODES = {"centre_15": "en mode régulation (Centre 15)", "bris_de_glace": "en mode bris de glace"}
 _READS = ("read", "vread", "search-type", "search-system", "search-compartment", "history-instance",
@@ -79,6 +83,10 @@ class PatientNotifier:
 
     async def _notify(self, tx: Transaction, event: dict, patient: str, code: str, raw: str | None,
                       actor: str) -> bool:  # fmt: skip
+        if code == "message-received":
+            raw = await _message_key(tx, patient, raw)
+            if raw is None:
+                return False
         if raw is not None and raw in self._sent:
             self._remember(raw)
             return False
@@ -164,6 +172,8 @@ def _notices(event: dict) -> list[tuple[str, str, str | None, str]]:
                 day = (event.get("recorded") or "")[:10]
                 ps = reading.id_nat_ps(person) or actor
                 notices.append((patient, "professional-access", _raw("ps", patient, ps, day), actor))
+        if professional and interaction == "create":
+            notices += [(patient, "message-received", r, actor) for r in touched if r.startswith("Communication/")]
         if self_acting or interaction not in (*_WRITES, "delete"):
             continue
         if interaction in _WRITES and any(r.startswith("DocumentReference/") for r in touched):
@@ -185,6 +195,21 @@ def _sentence(event: dict, headline: str, actor: str) -> str:
     mode = _MODES.get(reading.access_mode(event), "")
     when = (event.get("recorded") or "")[:16].replace("T", " à ")
     return f"{headline}{by}{' ' + mode if mode else ''}, le {when} (UTC)."
+
+
+async def _message_key(tx: Transaction, patient: str, reference: str | None) -> str | None:
+    """A created Communication that is a message sent to ``patient`` (either of its copies): its dedup key,
+    one notification per message; None for any other Communication."""
+    type_, _, id_ = (reference or "").partition("/")
+    found = await tx.read_current(type_, id_) if type_ == "Communication" else None
+    body = orjson.loads(found.body) if found is not None and found.body is not None else None
+    if not messages.is_message(body) or (body or {}).get("status") != "completed":
+        return None
+    recipients = [r.get("reference") for r in body.get("recipient") or () if isinstance(r, dict)]  # type: ignore[union-attr]
+    identifier = messages.message_id(body)
+    if recipients != [f"Patient/{patient}"] or identifier is None:
+        return None
+    return _raw("message", identifier)
 
 
 def _link(base: str, communication_id: str) -> str:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..errors import forbidden
 from ..interactions.access import LOOKUP, NOTHING
+from ..messaging import messages
 from ..record import measures_bmi, origin
 from ..search.indexing import IndexEntry
 from ..security.access import ScopedAccess
@@ -18,7 +20,7 @@ from ..security.scopes import ScopeGrant
 from ..store import ResourceVersion, Transaction
 from ..store.query import AllOf, AnyOf, Chain, Condition, Entry, Not, Search
 from . import codes, deposits, spaces, writes
-from .rules import DOCUMENT_TYPES, PatientSideRules, ProfessionalRules
+from .rules import DOCUMENT_TYPES, MESSAGE, PatientSideRules, ProfessionalRules
 
 Filter = tuple[Condition, ...]
 _PATIENT_SIDE_USERS = ("Patient", "RelatedPerson")
@@ -42,6 +44,8 @@ class _Deposits:
     ) -> tuple[ResourceVersion, Sequence[IndexEntry]]:
         version, entries = await deposits.apply_defaults(tx, version, entries)
         version, entries = origin.stamp(self.principal, version, entries)  # type: ignore[attr-defined]
+        if isinstance(self, PolicyAccess):
+            version, entries = await messages.prepare(self, tx, version, entries)
         return await super().prepare_write(tx, version, entries)  # type: ignore[misc] (ScopedAccess: Subscriptions)
 
     async def check_write(self, tx: Transaction, version: ResourceVersion) -> None:
@@ -53,7 +57,21 @@ class _Deposits:
 
 
 class BackendAccess(_Deposits, ScopedAccess):
-    """A ``system/`` token: its scopes, and the patient's deposit settings on what it writes."""
+    """A ``system/`` token: its scopes, and the patient's deposit settings on what it writes. Messages are
+    their sender's and recipients' only: no backend reads (exports) or writes one (docs/messaging.md)."""
+
+    def _compute(self, type_: str, permissions: str) -> Filter:
+        scoped = super()._compute(type_, permissions)
+        if type_ == "Communication" and scoped != NOTHING:
+            return (*scoped, Not(MESSAGE))
+        if type_ == "Binary" and scoped != NOTHING:
+            return (*scoped, Not(Entry("securitycontext", value_prefix="Communication/")))
+        return scoped
+
+    async def check_write(self, tx: Transaction, version: ResourceVersion) -> None:
+        if version.type == "Communication" and messages.is_message(messages.body_of(version)):
+            raise forbidden("Messages are written by professionals and the patient side, not by a backend service")
+        await super().check_write(tx, version)
 
 
 def _patient_side(principal: Principal) -> bool:
@@ -76,7 +94,8 @@ class PolicyAccess(_Deposits, ScopedAccess):
         super().__init__(principal)
         professional = principal.professional
         self.professional = ProfessionalRules(professional, principal.access_mode) if professional else None
-        self.patient_side = None if professional else PatientSideRules(_own_patient(principal))
+        messaging = any(g.type == "Communication" for g in principal.grants)  # named, not through a wildcard
+        self.patient_side = None if professional else PatientSideRules(_own_patient(principal), messaging)
 
     def grants(self, type_: str) -> tuple[ScopeGrant, ...]:
         grants = self.principal.grants
@@ -136,13 +155,20 @@ class PolicyAccess(_Deposits, ScopedAccess):
             return None if self.professional is not None and self.professional.mode != codes.NORMAL else ()
         document = self.constraints("DocumentReference", letter)
         via_document = Chain("securitycontext", Search("DocumentReference", document))
+        # a message's attachment: with the copy of the message it belongs to (docs/messaging.md)
+        via_message = Chain("securitycontext", Search("Communication", self.constraints("Communication", letter)))
         if self.professional is not None:
             patient = Chain("securitycontext", Search("Patient", self.professional.reach()))
-            return (AnyOf((via_document, patient)),)
-        # Patient side: the scope confinement already keeps their own Binaries; a document context must be
-        # a document they may see.
-        other_context = Not(Entry("securitycontext", value_prefix="DocumentReference/"))
-        return (AnyOf((other_context, via_document)),)
+            return (AnyOf((via_document, via_message, patient)),)
+        # Patient side: the scope confinement already keeps their own Binaries; a document or message context
+        # must be one they may see.
+        other_context = Not(
+            AnyOf((
+                Entry("securitycontext", value_prefix="DocumentReference/"),
+                Entry("securitycontext", value_prefix="Communication/"),
+            ))
+        )  # fmt: skip
+        return (AnyOf((other_context, via_document, via_message)),)
 
     async def check_write(self, tx: Transaction, version: ResourceVersion) -> None:
         await writes.check(self, tx, version)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from functools import cache
 
+from ..messaging import codes as messaging_codes
 from ..search.compartments import definitions
 from ..search.parameters import parse
 from ..space import status as space_status
@@ -41,6 +42,8 @@ EMERGENCY_TYPES = frozenset({
 #: the profession a token carries is read from it.
 DIRECTORY_TYPES = frozenset({"Practitioner", "PractitionerRole", "Organization"})
 DOCUMENT_TYPES = frozenset({"DocumentReference", "Binary"})
+#: A message of the messaging (docs/messaging.md): not a document, not a notification.
+MESSAGE: Condition = Entry("category", system=messaging_codes.CATEGORY)
 
 
 def owner_param(type_: str) -> str | None:
@@ -79,6 +82,7 @@ class ProfessionalRules:
         refs = ",".join(professional.refs)
         self._author = refs
         self._refs = tuple(professional.refs)
+        self._mailboxes = tuple(professional.refs_with_organization)  # the mailboxes they read (docs/messaging.md)
         blockers = ",".join(professional.refs_with_organization)
         self.not_blocked: Condition = Not(_patient_has(("provision-type", "deny"), ("actor", blockers)))
         # a closed space, or one the person refused, is out of every professional's reach (docs/lifecycle.md)
@@ -134,10 +138,17 @@ class ProfessionalRules:
             return (self._consent(),)
         if type_ == "Communication":
             # the patient's notifications and letters (an enrolment code): only a copy addressed to this
-            # professional (the médecin traitant's emergency notification)
+            # professional (the médecin traitant's emergency notification); messages: their own mailbox's
+            # copies only, whoever else the patient authorised (docs/messaging.md)
             not_a_notification = Not(AnyOf(tuple(Entry("category", system=s) for s in codes.SERVER_MESSAGES)))
             addressed = Entry("recipient", value_in=self._refs)
-            return (self.owner(type_, *self.reach()), AnyOf((not_a_notification, addressed)))
+            record = AllOf((Not(MESSAGE), self.owner(type_, *self.reach()), AnyOf((not_a_notification, addressed))))
+            mailbox = AllOf((
+                Entry("_tag", value=messaging_codes.PROFESSIONAL_COPY, system=messaging_codes.MAILBOX),
+                Entry("_tag", value_in=self._mailboxes, system=messaging_codes.MAILBOX_OWNER),
+                self.owner(type_, self.not_blocked, self.space_exists),
+            ))  # fmt: skip
+            return (AnyOf((record, mailbox)),)
         return (self.owner(type_, *self.reach()),)
 
     def _document(self) -> Condition:
@@ -186,8 +197,9 @@ class ProfessionalRules:
 class PatientSideRules:
     """The patient, their representatives and delegates, and the apps acting for them."""
 
-    def __init__(self, own_patient: str | None) -> None:
+    def __init__(self, own_patient: str | None, messaging: bool = False) -> None:
         self.own = own_patient  # the caller's own Patient id (None: a representative or delegate only)
+        self.messaging = messaging  # a grant names Communication: messages are reachable
 
     def document(self) -> Condition:
         hidden_from_patient = Not(_label(codes.INVISIBLE_PATIENT))
@@ -198,13 +210,30 @@ class PatientSideRules:
         return AllOf((hidden_from_patient, AnyOf((Not(from_representatives), own))))
 
     def read(self, type_: str) -> Filter:
+        if type_ == "Communication":
+            return (self.messages(),)
         return (self.document(),) if type_ == "DocumentReference" else ()
 
+    def messages(self) -> Condition:
+        """Messages: the patient's mailbox's copies, and only through a grant naming Communication (an app's
+        ``patient/*.rs`` does not reach them); a representative not those the sender kept from them."""
+        if not self.messaging:
+            return Not(MESSAGE)
+        mine = [Entry("_tag", value=messaging_codes.PATIENT_COPY, system=messaging_codes.MAILBOX)]
+        if self.own is None:
+            mine.append(Not(Entry("_security", value=codes.INVISIBLE_REPRESENTANTS_LEGAUX)))
+        return AnyOf((Not(MESSAGE), AllOf(tuple(mine))))
+
     def delete(self, type_: str) -> Filter:
-        """A document the patient side deposited (authored by a Patient or RelatedPerson), not a professional's."""
+        """A document the patient side deposited (authored by a Patient or RelatedPerson), not a professional's;
+        a message of the patient's mailbox (deleted for good from it: the sender keeps theirs)."""
+        if type_ == "Communication":
+            return (self.messages(),)
         if type_ != "DocumentReference":
             return ()
-        by_patient_side = AnyOf(
-            (Entry("author", value_prefix="Patient/"), Entry("author", value_prefix="RelatedPerson/"))
-        )
+        by_patient_side = AnyOf((
+            Entry("author", value_prefix="Patient/"),
+            Entry("author", value_prefix="RelatedPerson/"),
+            Entry("_tag", value="filed", system=messaging_codes.MAILBOX),  # filed from a message by the patient
+        ))  # fmt: skip
         return (self.document(), by_patient_side)

@@ -18,6 +18,7 @@ import orjson
 
 from ..errors import forbidden, unprocessable
 from ..interactions.access import within
+from ..messaging import messages
 from ..record import documents, folders
 from ..store import ResourceVersion, Transaction
 from . import codes
@@ -29,8 +30,10 @@ _PATIENT_SIDE = ("Patient/", "RelatedPerson/")
 
 
 async def check(access: PolicyAccess, tx: Transaction, version: ResourceVersion) -> None:
-    if version.type == "Communication" and not version.deleted:
-        await _notification_kept(tx, version)
+    if version.type == "Communication":
+        if not version.deleted:
+            await _notification_kept(tx, version)
+        await messages.check(access, tx, version)  # the messaging (docs/messaging.md)
     if version.type == "Consent":
         await _consent(access, tx, version)
     elif version.type == "DocumentReference" and not version.deleted:

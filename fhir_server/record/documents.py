@@ -55,6 +55,12 @@ def _dmp_classes() -> dict[tuple[str, str], str]:
     return {(row.system, row.code): row.class_code for row in HabilitationMatrix.read(SHIPPED).rows}
 
 
+def dmp_class(coding: dict) -> dict | None:
+    """The TRE_A03 class coding of a DMP document type coding (None: not a DMP type, or unclassed)."""
+    found = _dmp_classes().get((coding.get("system", ""), coding.get("code", "")))
+    return None if found in (None, UNKNOWN_CLASS) else {"system": TRE_A03_SYSTEMS[0], "code": found}
+
+
 def sniff(data: bytes) -> str | None:
     return next((kind for magic, kind in _MAGIC if data.startswith(magic)), None)
 

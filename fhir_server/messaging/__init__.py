@@ -1,0 +1,1 @@
+"""Secure messaging between professionals and the patient (docs/messaging.md)."""
