@@ -82,7 +82,8 @@ def _condition(p: str, text: str, category: dict) -> dict:
 
 def disease(p: str, text: str) -> dict:
     category = "http://terminology.hl7.org/CodeSystem/condition-category"
-    return _condition(p, text, {"system": category, "code": "problem-list-item"})
+    evidence = [{"detail": [{"reference": f"Observation/{p}-blood-group"}]}]  # a link out of an emergency section
+    return {**_condition(p, text, {"system": category, "code": "problem-list-item"}), "evidence": evidence}
 
 
 def disability(p: str, text: str) -> dict:
@@ -115,7 +116,7 @@ def weight(p: str, text: str) -> dict:
     return {"resourceType": "Observation", "status": "final", "subject": _ref(p),
             "category": [{"coding": [{"system": OBS_CATEGORY, "code": "vital-signs"}]}],
             "code": {"coding": [{"system": LOINC, "code": "29463-7"}], "text": text},
-            "effectiveDateTime": "2024-05-01",
+            "effectiveDateTime": "2024-05-01", "encounter": {"reference": f"Encounter/{p}-hospitalisations"},
             "valueQuantity": {"value": 62.5, "unit": "kg", "system": UCUM, "code": "kg"}}  # fmt: skip
 
 
@@ -175,9 +176,10 @@ def seeded(patient: str, section: str) -> dict:
 
 
 def adr_document(patient: str) -> dict:
+    attachment = {"contentType": "application/pdf", "url": f"Binary/{patient}-adr-bin"}
     return {"resourceType": "DocumentReference", "id": f"{patient}-adr-doc", "status": "current",
             "type": {"coding": [{"system": LOINC, "code": "42348-3"}]}, "subject": _ref(patient),
-            "content": [{"attachment": {"contentType": "application/pdf", "url": f"Binary/{patient}-adr-bin"}}]}  # fmt: skip
+            "content": [{"attachment": attachment}]}  # fmt: skip
 
 
 def representation(id_: str, username: str, kind: str, rights: str) -> dict:
@@ -212,7 +214,9 @@ async def client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     else:
         database = f"test_{uuid.uuid4().hex}"
         url = mongo_url_for_database(request.getfixturevalue("mongo_uri"), database)
-    app = create_app(Settings(store=url, auth=False, load_definitions=False, validation_processes=0))
+    # no audit trail: it is tested on its own (tests/test_audit_*.py), and its writes would triple the run on Mongo
+    settings = Settings(store=url, auth=False, load_definitions=False, validation_processes=0, audit=False)
+    app = create_app(settings)
     transport = httpx.ASGITransport(app=app)
     try:
         async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url=FHIR_BASE) as c:
@@ -295,7 +299,10 @@ async def test_the_patient_creates_reads_searches_and_updates_each_section(clien
     assert (await read(client, type_, made["id"], LEA))["id"] == made["id"]
     assert {ref, f"{type_}/lea-{section}"} <= await found(client, section, LEA)
     assert f"{type_}/max-{section}" not in await found(client, section, LEA)
-    changed = {**made, "text": {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">mis à jour</div>'}}
+    changed = {
+        **made,
+        "text": {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">mis à jour</div>'},
+    }
     r = await client.put(f"/{ref}", json=changed, headers=LEA)
     assert r.status_code == 200, r.text
     assert r.json()["meta"]["versionId"] != made["meta"]["versionId"]
@@ -404,7 +411,22 @@ async def test_an_emergency_access_gets_nothing_of_the_other_sections(client, se
     assert await count(client, section, ps) == 0
     bundle = await search(client, f"Patient?_id=lea&_revinclude={type_}:patient", ps)
     assert everything(bundle) == {"Patient/lea"}, bundle
+    bundle = await search(client, f"Patient?_has:{type_}:patient:_id=lea-{section}", ps)
+    assert everything(bundle) == set(), bundle  # no oracle on what the record holds either
     await create(client, section, ps, status=403)
+
+
+@modes
+async def test_an_emergency_access_follows_no_link_out_of_the_emergency_sections(client, ps):
+    include = "Condition?_id=lea-diseases&_include=Condition:evidence-detail"
+    assert everything(await search(client, include, ps)) == {"Condition/lea-diseases"}
+    assert everything(await search(client, include, MED)) == {"Condition/lea-diseases", "Observation/lea-blood-group"}
+    revinclude = "Encounter?_id=lea-hospitalisations&_revinclude=Observation:encounter"
+    assert everything(await search(client, revinclude, ps)) == {"Encounter/lea-hospitalisations"}
+    assert "Observation/lea-measures" in everything(await search(client, revinclude, MED))
+    chained = "Encounter?_has:Observation:encounter:code=http://loinc.org|29463-7"
+    assert everything(await search(client, chained, ps)) == set()
+    assert "Encounter/lea-hospitalisations" in everything(await search(client, chained, MED))
 
 
 @modes
@@ -440,8 +462,10 @@ async def test_outsiders_get_nothing_of_the_record(client, section, outsider):
     assert matches(bundle) == set(), bundle
     bundle = await search(client, f"Patient?_id=lea&_revinclude={type_}:patient", outsider)
     assert not any(r.startswith(f"{type_}/") for r in everything(bundle)), bundle
+    bundle = await search(client, f"Patient?_has:{type_}:patient:_id=lea-{section}", outsider)
+    assert everything(bundle) == set(), bundle  # not even whether the record holds it
     r = await client.get(f"/{type_}/lea-{section}/_history", headers=outsider)
-    assert r.status_code in (403, 404) or r.json().get("total", 0) == 0, r.text
+    assert r.status_code == 404, r.text
 
 
 @OUTSIDERS
@@ -452,6 +476,14 @@ async def test_outsiders_get_nothing_through_everything(client, outsider):
         assert everything(r.json()) <= {"Patient/lea"}, r.text
     else:
         assert r.status_code == 404, r.text
+
+
+async def test_a_token_claiming_a_representation_the_store_does_not_hold_reaches_nothing(client):
+    forged = token("user/*.cruds", client_id="mes", sub="mallory", fhirUser="RelatedPerson/lea-tutor",
+                   managed_patients=["lea"], represented=["lea"], **LONG)  # fmt: skip
+    await read(client, "AllergyIntolerance", "lea-allergies", forged, status=404)
+    assert await count(client, "allergies", forged) == 0
+    await create(client, "allergies", forged, status=403)
 
 
 async def test_an_unauthorised_professional_deposits_but_does_not_read_back(client):

@@ -546,15 +546,14 @@ async def _copies(tx: Transaction, body: dict, mailbox: str) -> list[tuple[str, 
 async def _receipt(tx: Transaction, message: dict, received: str) -> None:
     for id_, sender_copy in await _copies(tx, message, codes.PROFESSIONAL_COPY):
         if not sender_copy.get("received"):
-            await update_in(tx, "Communication", id_, {**sender_copy, "received": received})
+            await update_in(tx, "Communication", id_, {**sender_copy, "received": received}, None)
 
 
 async def _close_other_copy(tx: Transaction, root: dict, extension: dict | None) -> None:
     for id_, patient_copy in await _copies(tx, root, codes.PATIENT_COPY):
         if not closed(patient_copy) and extension is not None:
-            await update_in(
-                tx, "Communication", id_, {**patient_copy, "extension": [*patient_copy.get("extension", []), extension]}
-            )
+            extensions = [*patient_copy.get("extension", []), extension]
+            await update_in(tx, "Communication", id_, {**patient_copy, "extension": extensions}, None)
 
 
 async def _drop_attachments(tx: Transaction, id_: str) -> None:

@@ -185,8 +185,9 @@ def patient_data(patients: tuple[str, ...], type_: str, writing: bool) -> Filter
 
 
 def binary_of(patient: str) -> Condition:
-    """A Binary whose securityContext is the patient or one of their DocumentReferences."""
+    """A Binary whose securityContext is the patient, one of their DocumentReferences or one of their
+    Communications (a message's attachment, docs/messaging.md)."""
     reference = f"Patient/{patient}"
-    pairs = [("securitycontext", reference), ("securitycontext:DocumentReference.patient", reference)]
-    direct, via_document = parse("Binary", pairs[:1]).where[0], parse("Binary", pairs[1:]).where[0]
-    return AnyOf((direct, via_document))
+    pairs = [("securitycontext", reference), ("securitycontext:DocumentReference.patient", reference),
+             ("securitycontext:Communication.subject", reference)]  # fmt: skip
+    return AnyOf(tuple(parse("Binary", [pair]).where[0] for pair in pairs))
