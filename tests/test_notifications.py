@@ -24,6 +24,7 @@ from test_policy import directory, exported_ids, ps_token, record
 
 from fhir_server.app import create_app
 from fhir_server.config import Settings
+from fhir_server.messaging import codes as messaging
 from fhir_server.notify.patient import EVENT_SYSTEM
 from fhir_server.policy import codes
 from fhir_server.store import open_store
@@ -154,6 +155,35 @@ async def test_documents_and_consents_changed_by_others_notify_without_health_de
     everything = json.dumps(notes) + "".join(m.as_string() for _, m, _ in mes.inbox.messages)
     for secret in ("IRM", "tumeur", "11488-4", "Compte rendu"):
         assert secret not in everything
+
+
+async def test_a_message_notifies_the_patient_once_without_its_content(mes: Space):
+    message = {"resourceType": "Communication", "status": "completed",
+               "category": [{"coding": [{"system": messaging.CATEGORY, "code": messaging.MESSAGE}]}],
+               "subject": {"reference": "Patient/lea"}, "recipient": [{"reference": "Patient/lea"}],
+               "topic": {"text": "Résultats de votre IRM"},
+               "payload": [{"contentString": "Pas de tumeur visible"}]}  # fmt: skip
+    r = await mes.client.post("/Communication", json=message, headers=MED)
+    assert r.status_code == 201, r.text
+    notes = await mes.centre()
+    assert mes.codes(notes) == ["message-received"]  # one, though two copies were written
+    assert await mes.deliver() == 1
+    ((to, email, _),) = mes.inbox.messages
+    assert to == ["lea@example.org"]
+    everything = json.dumps(notes) + email.as_string()
+    assert "nouveau message" in everything
+    for secret in ("IRM", "tumeur"):
+        assert secret not in everything
+    # her reply notifies nobody in her centre
+    messaging_token = token("patient/*.cruds patient/Communication.cruds", client_id="mes-app", sub="lea-sub",
+                            fhirUser="Patient/lea", patient="lea", **LONG)  # fmt: skip
+    [mine] = await mes.centre(messaging_token, f"&_tag={messaging.MAILBOX}|{messaging.PATIENT_COPY}")
+    answer = {"resourceType": "Communication", "status": "completed", "category": message["category"],
+              "subject": {"reference": "Patient/lea"}, "inResponseTo": [{"reference": f"Communication/{mine['id']}"}],
+              "payload": [{"contentString": "Merci"}]}  # fmt: skip
+    r = await mes.client.post("/Communication", json=answer, headers=messaging_token)
+    assert r.status_code == 201, r.text
+    assert mes.codes(await mes.centre()) == ["message-received"]
 
 
 async def test_preferences_turn_events_off_and_the_centre_marks_and_deletes(mes: Space):

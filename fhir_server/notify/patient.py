@@ -200,7 +200,7 @@ def _sentence(event: dict, headline: str, actor: str) -> str:
 async def _message_key(tx: Transaction, patient: str, reference: str | None) -> str | None:
     """A created Communication that is a message sent to ``patient`` (either of its copies): its dedup key,
     one notification per message; None for any other Communication."""
-    type_, _, id_ = (reference or "").partition("/")
+    type_, _, id_ = (reference or "").split("/_history", 1)[0].partition("/")
     found = await tx.read_current(type_, id_) if type_ == "Communication" else None
     body = orjson.loads(found.body) if found is not None and found.body is not None else None
     if not messages.is_message(body) or (body or {}).get("status") != "completed":
