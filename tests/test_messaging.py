@@ -20,7 +20,7 @@ import httpx
 import pytest
 from conftest import FHIR_BASE, mongo_url_for_database
 from test_access_control import StandInVerifier, token
-from test_policy import consent, directory, ps_token
+from test_policy import consent, directory, exported_ids, ps_token
 
 from fhir_server.app import create_app
 from fhir_server.config import Settings
@@ -33,6 +33,9 @@ MESSAGING = "patient/*.cruds patient/Communication.cruds"  # the patient's messa
 LEA = token(MESSAGING, client_id="mes", sub="lea-sub", fhirUser="Patient/lea", patient="lea", **LONG)
 MAX = token(MESSAGING, client_id="mes", sub="max-sub", fhirUser="Patient/max", patient="max", **LONG)
 APP = token("patient/*.cruds", client_id="third-app", sub="lea-sub", patient="lea", **LONG)  # a catalogue app
+DELEGATE = token("user/*.rs user/Communication.rs", client_id="mes", sub="alice", fhirUser="RelatedPerson/lea-aidant",
+                 managed_patients=["lea"], represented=["lea"], **LONG)  # fmt: skip
+MED_BTG = ps_token("med", codes.BRIS_DE_GLACE, justification="patiente inconsciente", **LONG)
 TUTOR = token("user/*.cruds user/Communication.cruds", client_id="mes", sub="paul", fhirUser="RelatedPerson/lea-tutor",
               managed_patients=["lea"], represented=["lea"], **LONG)  # fmt: skip
 MED = ps_token("med", **LONG)  # Léa authorised med; messaging does not need it
@@ -66,6 +69,7 @@ SEED = [
     consent("permit-stranger", "lea", "permit", ("PractitionerRole/r-stranger",)),  # authorised for the record
     consent("deny-blocked", "lea", "deny", ("Practitioner/blocked",)),
     representation("lea-tutor", "paul", rep.TUTOR, rep.MANAGE),
+    representation("lea-aidant", "alice", rep.DELEGATE, rep.READ),
     {"resourceType": "Organization", "id": "elsewhere", "name": "Clinique"},
     {"resourceType": "Practitioner", "id": "out", "identifier": [{"system": codes.ID_NAT_PS, "value": "810000009999"}]},
     {
@@ -216,7 +220,9 @@ async def test_a_full_thread(client):
     answer = await post(client, reply(mine, "Merci docteur"), LEA)
     assert answer["recipient"] == [{"reference": "PractitionerRole/r-med"}]
     assert answer["partOf"] == [{"reference": f"Communication/{mine['id']}"}]
-    assert answer["sender"] == {"reference": "Patient/lea"}
+    address = {"system": msg.ADDRESS_SYSTEM, "value": "283051234567881@patient.mssante.fr"}  # from her INS
+    assert answer["sender"] == {"reference": "Patient/lea", "identifier": address}
+    assert sent["recipient"] == [{"reference": "Patient/lea", "identifier": address}]
     theirs = await copy_of(client, answer, MED, msg.PROFESSIONAL_COPY)
     assert theirs["inResponseTo"] == [{"reference": f"Communication/{sent['id']}"}]
     assert theirs["partOf"] == [{"reference": f"Communication/{sent['id']}"}]
@@ -413,3 +419,54 @@ async def test_an_appointment_proposal_travels_in_a_message(client):
     }
     r = await client.put(f"/Appointment/{proposal['id']}", json=accepted, headers=LEA)
     assert r.status_code == 200 and r.json()["status"] == "booked", r.text
+
+
+async def test_export_include_has_and_emergency_probes(client, tmp_path):
+    client._transport.app.state.exports.directory = tmp_path  # type: ignore[attr-defined]
+    sent = await send_with_binary(client, "Message pour l'export")
+    mine = await copy_of(client, sent, LEA)
+    binaries = {sent["payload"][1]["contentAttachment"]["url"][7:], mine["payload"][1]["contentAttachment"]["url"][7:]}
+    # $export: the patient gets her copy and its Binary; a backend and an authorised outsider get no message
+    assert {mine["id"]} <= await exported_ids(client, "/Patient/$export?_type=Communication", LEA)
+    exported = await exported_ids(client, "/$export?_type=Communication,Binary", SYSTEM)
+    assert not exported & ({sent["id"], mine["id"]} | binaries)
+    assert not await exported_ids(client, "/Patient/$export?_type=Communication", OUTSIDER) & {sent["id"], mine["id"]}
+    assert not await exported_ids(client, "/$export?_type=Communication", OUTSIDER) & {sent["id"], mine["id"]}
+    # _include / _has / chains from what an outsider may see lead to no message
+    r = await client.get("/Patient?_id=lea&_revinclude=Communication:subject&_revinclude=Communication:recipient",
+                         headers=OUTSIDER)  # fmt: skip
+    assert not {e["resource"]["id"] for e in r.json().get("entry", ())} & {sent["id"], mine["id"]}
+    has = f"Patient?_id=lea&_has:Communication:subject:_tag={msg.MAILBOX}|{msg.PATIENT_COPY}&_summary=count"
+    assert (await client.get(f"/{has}", headers=OUTSIDER)).json()["total"] == 0
+    assert (await client.get(f"/{has}", headers=LEA)).json()["total"] == 1
+    r = await client.get("/Binary?securitycontext:Communication.subject=Patient/lea&_summary=count", headers=OUTSIDER)
+    assert r.status_code in (200, 403) and (r.status_code == 403 or r.json()["total"] == 0), r.text
+    # the patient's copy includes its thread; the colleague's includes only the organisation's copies
+    answer = await post(client, reply(mine, "Bien reçu"), LEA)
+    r = await client.get(f"/Communication?_id={answer['id']}&_include=Communication:part-of", headers=LEA)
+    assert {e["resource"]["id"] for e in r.json()["entry"]} == {answer["id"], mine["id"]}
+    # an emergency access reaches no message
+    assert await count(client, "Communication?subject=Patient/lea", MED_BTG) == 0
+    assert (await client.get(f"/Communication/{sent['id']}", headers=MED_BTG)).status_code == 404
+    assert (await attempt(client, message("urgence"), MED_BTG)).status_code == 403
+
+
+async def test_a_delegate_reads_but_does_not_reply_and_professionals_manage_their_copies(client):
+    sent = await post(
+        client, message("Rappel vaccin", extension=[{"url": msg.READ_RECEIPT, "valueBoolean": True}]), MED
+    )
+    mine = await copy_of(client, sent, LEA)
+    assert (await client.get(f"/Communication/{mine['id']}", headers=DELEGATE)).status_code == 200
+    assert (await attempt(client, reply(mine, "?"), DELEGATE)).status_code == 403
+    r = await client.post(f"/Communication/{mine['id']}/$mark-read", headers=DELEGATE)
+    assert r.status_code == 403, r.text  # a read-only right marks nothing (and sends no receipt)
+    assert "received" not in (await client.get(f"/Communication/{sent['id']}", headers=MED)).json()
+    # the professional marks the reply to their organisation read on their copy only
+    answer = await post(client, reply(mine, "Merci", recipient=[{"reference": "Organization/org"}]), LEA)
+    theirs = await copy_of(client, answer, GP, msg.PROFESSIONAL_COPY)
+    r = await client.post(f"/Communication/{theirs['id']}/$mark-read", headers=GP)
+    assert r.status_code == 200 and r.json()["received"], r.text
+    assert "received" not in (await client.get(f"/Communication/{answer['id']}", headers=LEA)).json()
+    # and deletes their copy: the patient's stays
+    assert (await client.delete(f"/Communication/{theirs['id']}", headers=MED)).status_code == 204
+    assert (await client.get(f"/Communication/{answer['id']}", headers=LEA)).status_code == 200

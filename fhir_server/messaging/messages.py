@@ -35,6 +35,7 @@ from ..fhirjson import dumps
 from ..instant import new_id, now_us, to_instant
 from ..interactions.access import within
 from ..interactions.crud import create_in, delete_in, update_in
+from ..policy.codes import INS_NIR
 from ..record.documents import ACCEPTED, sniff
 from ..search.criteria import parse_criteria
 from ..search.indexing import IndexEntry, index_entries
@@ -180,15 +181,29 @@ async def _defaults(access: PolicyAccess, tx: Transaction, body: dict) -> None:
             body["sender"] = {"reference": professional.role or professional.practitioner}
         elif principal.fhir_user_type == "RelatedPerson":
             body["sender"] = {"reference": principal.fhir_user}
-        elif "subject" in body:
-            body["sender"] = body["subject"]
+        elif isinstance(body.get("subject"), dict):
+            body["sender"] = {"reference": ref(body["subject"])}
     answered = await _answered(tx, body)
-    if answered is None:
-        return
-    if "partOf" not in body:
-        body["partOf"] = answered.get("partOf") or [{"reference": f"Communication/{answered['id']}"}]
-    if "recipient" not in body and access.patient_side is not None and answered.get("sender"):
-        body["recipient"] = [answered["sender"]]
+    if answered is not None:
+        if "partOf" not in body:
+            body["partOf"] = answered.get("partOf") or [{"reference": f"Communication/{answered['id']}"}]
+        if "recipient" not in body and access.patient_side is not None and answered.get("sender"):
+            body["recipient"] = [{"reference": ref(answered["sender"])}]
+    await _addresses(tx, body)
+
+
+async def _addresses(tx: Transaction, body: dict) -> None:
+    """The patient's messaging address on the patient's side of the exchange (sender or recipient), as an
+    email carries its To: and From: — derived from the INS, so there is nothing to create at activation."""
+    parties = [body.get("sender"), *(body.get("recipient") or ())]
+    for party in parties:
+        reference = ref(party)
+        if not reference.startswith("Patient/") or "identifier" in party:  # type: ignore[operator]
+            continue
+        patient = body_of(await tx.read_current("Patient", reference.split("/", 1)[1])) or {}
+        ins = next((i.get("value") for i in patient.get("identifier") or () if i.get("system") == INS_NIR), None)
+        if ins:
+            party["identifier"] = {"system": codes.ADDRESS_SYSTEM, "value": address(ins)}  # type: ignore[index]
 
 
 async def _answered(tx: Transaction, body: dict) -> dict | None:
