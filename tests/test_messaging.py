@@ -80,6 +80,20 @@ SEED = [
         "code": [{"coding": [{"system": codes.TRE_G15, "code": "10"}]}],
     },
     consent("permit-out", "lea", "permit", ("PractitionerRole/r-out",)),
+    {
+        "resourceType": "PractitionerRole",
+        "id": "r-red",
+        "practitioner": {"reference": "Practitioner/out"},
+        "organization": {"reference": "Organization/elsewhere"},
+        "code": [{"coding": [{"system": codes.TRE_G15, "code": "10"}]}],
+        "telecom": [
+            {
+                "system": "email",
+                "value": "dr.out@clinique.mssante.fr",
+                "extension": [{"url": msg.MSS_METADATA, "extension": [{"url": "listeRouge", "valueBoolean": True}]}],
+            }
+        ],
+    },  # a red-listed MSS mailbox
 ]
 
 
@@ -391,10 +405,14 @@ async def test_representatives_and_the_not_for_representatives_flag(client):
 
 async def test_the_address_book_lists_who_wrote_to_the_patient(client):
     await post(client, message("Bonjour"), GP)
+    red = token("user/*.cruds", fhirUser="PractitionerRole/r-red", **LONG,
+                ps={"idNatPs": "810000009999", "profession": "10", "practitioner": "Practitioner/out",
+                    "role": "PractitionerRole/r-red", "organization": "Organization/elsewhere"})  # fmt: skip
+    await post(client, message("Sur liste rouge"), red)
     r = await client.get("/Patient/lea/$contacts", headers=LEA)
     assert r.status_code == 200, r.text
     listed = {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in r.json()["entry"]}
-    assert "PractitionerRole/r-gp" in listed
+    assert "PractitionerRole/r-gp" in listed and "PractitionerRole/r-red" not in listed
     assert (await client.get("/Patient/lea/$contacts", headers=MAX)).status_code == 404
 
 
