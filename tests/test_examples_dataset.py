@@ -144,7 +144,7 @@ def test_every_resource_is_valid_r4_and_conforms_to_the_profiles():
         assert sorted(declared) == sorted(p.url for p in applicable), f"{r['resourceType']}/{r['id']}"
         for profile in applicable:
             assert registry.check(r, profile) == [], f"{r['resourceType']}/{r['id']} against {profile.url}"
-    assert {p.type for p in registry.profiles.values()} == {"Patient", "DocumentReference"}
+    assert {p.type for p in registry.profiles.values()} == {"Patient", "DocumentReference", "Communication"}
 
 
 # --- loading -----------------------------------------------------------------------------------------------

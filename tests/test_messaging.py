@@ -488,3 +488,17 @@ async def test_a_delegate_reads_but_does_not_reply_and_professionals_manage_thei
     # and deletes their copy: the patient's stays
     assert (await client.delete(f"/Communication/{theirs['id']}", headers=MED)).status_code == 204
     assert (await client.get(f"/Communication/{answer['id']}", headers=LEA)).status_code == 200
+
+
+async def test_an_attachment_over_the_size_limit_answers_413(client, monkeypatch: pytest.MonkeyPatch):
+    from fhir_server.messaging import messages
+
+    monkeypatch.setenv("FHIR_SERVER_MESSAGE_ATTACHMENT_MAX_BYTES", "16")
+    messages.limits.cache_clear()
+    try:
+        inline = {"contentAttachment": {"contentType": "application/pdf", "data": PDF}}  # 26 bytes
+        r = await attempt(client, message("x") | {"payload": [{"contentString": "x"}, inline]}, MED)
+        assert r.status_code == 413 and "at most 16 bytes" in r.text, r.text
+    finally:
+        monkeypatch.delenv("FHIR_SERVER_MESSAGE_ATTACHMENT_MAX_BYTES")
+        messages.limits.cache_clear()

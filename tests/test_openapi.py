@@ -53,6 +53,11 @@ OPERATION_PATHS = {
     "move": [("post", "/{T}/{id}/$move")],
     "mark-read": [("post", "/{T}/{id}/$mark-read")],
     "mark-unread": [("post", "/{T}/{id}/$mark-unread")],
+    "trash": [("post", "/{T}/{id}/$trash")],
+    "restore": [("post", "/{T}/{id}/$restore")],
+    "close-thread": [("post", "/{T}/{id}/$close-thread")],
+    "file-attachment": [("post", "/{T}/{id}/$file-attachment")],
+    "contacts": [("get", "/{T}/{id}/$contacts")],
 }  # fmt: skip
 SYSTEM_PATHS = {
     "search-system": [("get", "/"), ("post", "/_search")],

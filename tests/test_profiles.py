@@ -15,6 +15,7 @@ from fhir_server.validation.profiles import ProfileError, Registry
 BASE = "https://github.com/fhir-server/fhir-server"
 PATIENT = f"{BASE}/StructureDefinition/mes-patient-ins"
 DOCUMENT = f"{BASE}/StructureDefinition/mes-dmp-documentreference"
+MESSAGE = f"{BASE}/StructureDefinition/mes-message"
 INS = "urn:oid:1.2.250.1.213.1.4.8"
 A03 = "https://mos.esante.gouv.fr/NOS/TRE_A03-ClasseDocument/FHIR/TRE-A03-ClasseDocument"
 CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
@@ -54,7 +55,7 @@ def one(issues: list, code: str, expression: str, *words: str):
 
 def test_the_profiles_folder_loads_and_its_resources_are_valid_r4():
     registry = profiles.registry()
-    assert sorted(registry.profiles) == [DOCUMENT, PATIENT]
+    assert sorted(registry.profiles) == [DOCUMENT, MESSAGE, PATIENT]
     for resource in registry.resources:
         assert issues_of(resource) == [], resource["id"]
         assert resource["id"] in {p.stem.split("-", 1)[1] for p in (REPO_ROOT / "profiles").glob("*.json")}

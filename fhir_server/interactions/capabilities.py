@@ -20,7 +20,7 @@ RESOURCE_OPERATIONS = [
     {"name": name, "definition": f"{_CORE}/Resource-{name}"} for name in ("validate", "meta", "meta-add", "meta-delete")
 ]
 #: The project's own operations (docs/policy.md, docs/audit.md, docs/notifications.md, docs/lifecycle.md,
-#: docs/medical-record.md).
+#: docs/medical-record.md, docs/messaging.md).
 PROJECT_OPERATION = "https://github.com/fhir-server/fhir-server/OperationDefinition/"
 TYPE_OPERATIONS = {
     "Patient": [
@@ -28,7 +28,7 @@ TYPE_OPERATIONS = {
         {"name": "export", "definition": f"{_BULK}/patient-export"},
         *({"name": name, "definition": f"{PROJECT_OPERATION}Patient-{name}"}
           for name in ("mask-documents", "activity", "notification-preferences", "registry-import", "close",
-                       "reopen", "invite-delegate")),
+                       "reopen", "invite-delegate", "contacts")),
         {"name": "summary", "definition": "http://hl7.org/fhir/uv/ips/OperationDefinition/summary"},
     ],
     "Observation": [{"name": "lastn", "definition": f"{_CORE}/Observation-lastn"}],
@@ -40,7 +40,7 @@ TYPE_OPERATIONS = {
     "Group": [{"name": "export", "definition": f"{_BULK}/group-export"}],
     "Communication": [
         {"name": name, "definition": f"{PROJECT_OPERATION}Communication-{name}"}
-        for name in ("mark-read", "mark-unread")
+        for name in ("mark-read", "mark-unread", "trash", "restore", "close-thread", "file-attachment")
     ],
 }  # fmt: skip
 #: R4 has no CapabilityStatement element for the Subscription channels a server runs (its only extension,

@@ -20,6 +20,7 @@ from ..store import ResourceVersion
 from ..store.query import Search
 from . import codes, messages
 
+_TRASH = (codes.MAILBOX, codes.TRASH)
 FILED = "filed"  # meta.tag mes-mailbox#filed: a document the patient filed from a message (theirs to delete)
 
 
@@ -45,7 +46,7 @@ async def trash(ctx: Context, id_: str, into: bool) -> ResourceVersion:
     """``$trash`` / ``$restore``: the patient's copy goes to the trash (a tag) or back to its folder."""
     _patient_side_only(ctx, "moves a message to the trash")
     found, body = await _message(ctx, id_)
-    tags = [t for t in (body.get("meta") or {}).get("tag") or () if t.get("code") != codes.TRASH]
+    tags = [t for t in (body.get("meta") or {}).get("tag") or () if (t.get("system"), t.get("code")) != _TRASH]
     if into:
         tags.append({"system": codes.MAILBOX, "code": codes.TRASH})
     body.setdefault("meta", {})["tag"] = tags
@@ -77,15 +78,19 @@ async def file_attachment(ctx: Context, id_: str, parameters: object) -> Resourc
     if index >= len(attachments):
         raise unprocessable(f"The message has {len(attachments)} attachment(s): 'attachment' {index} is not one")
     attachment = dict(attachments[index])
-    data = attachment.get("data")
+    data, content_type = attachment.get("data"), attachment.get("contentType")
     if data is None:
-        binary = await crud.read(ctx, "Binary", (attachment.get("url") or "/").split("/", 1)[1])
-        data = orjson.loads(binary.body or b"{}").get("data")
+        binary = orjson.loads(
+            (await crud.read(ctx, "Binary", (attachment.get("url") or "/").split("/", 1)[1])).body or b"{}"
+        )
+        data, content_type = binary.get("data"), content_type or binary.get("contentType")
     class_code = dmp_class(type_coding)
     if class_code is None:
         raise unprocessable("'type' is a DMP document type (JDV_J07-XdsTypeCode-CISIS)", expression=("type",))
     principal = _principal(ctx)
-    filer = (principal.fhir_user if principal and principal.fhir_user else None) or message["subject"]["reference"]
+    filer = message["subject"]["reference"]  # the patient, or the representative the token names
+    if principal is not None and principal.fhir_user_type in ("Patient", "RelatedPerson"):
+        filer = principal.fhir_user
     document_id, binary_id = new_id(), new_id()
     document = {
         "resourceType": "DocumentReference",
@@ -105,11 +110,11 @@ async def file_attachment(ctx: Context, id_: str, parameters: object) -> Resourc
         "subject": message["subject"],
         "date": message.get("sent") or to_instant(now_us()),
         "author": [message["sender"]],
-        "description": title or (message.get("topic") or {}).get("text"),
+        **({"description": description} if (description := title or (message.get("topic") or {}).get("text")) else {}),
         "content": [
             {
                 "attachment": {
-                    "contentType": attachment.get("contentType"),
+                    "contentType": content_type,
                     "url": f"Binary/{binary_id}",
                     **({"title": attachment["title"]} if attachment.get("title") else {}),
                 }
@@ -119,7 +124,7 @@ async def file_attachment(ctx: Context, id_: str, parameters: object) -> Resourc
     }
     binary = {
         "resourceType": "Binary",
-        "contentType": attachment.get("contentType"),
+        "contentType": content_type,
         "securityContext": {"reference": f"DocumentReference/{document_id}"},
         "data": data,
     }

@@ -59,7 +59,11 @@ def body_of(version: ResourceVersion | None) -> dict | None:
 def is_message(body: dict | None) -> bool:
     for concept in (body or {}).get("category") or ():
         for coding in (concept.get("coding") or ()) if isinstance(concept, dict) else ():
-            if isinstance(coding, dict) and coding.get("system") == codes.CATEGORY:
+            if (
+                isinstance(coding, dict)
+                and coding.get("system") == codes.CATEGORY
+                and coding.get("code") == codes.MESSAGE
+            ):
                 return True
     return False
 

@@ -682,7 +682,8 @@ def _resource_operation(t: str, op: dict) -> list[tuple[str, str, dict]]:
     if (t, name) in _INSTANCE_OPERATIONS:
         return [
             (f"/{t}/{{id}}/${name}", method, _operation(f"{name}-{method}-{t}", t, f"${name}: {summary}",
-                                                       [_path_id(), *params], _ok(answer), **body, **about))
+                                                       [_path_id(), *params], _answer(t, name, answer), **body,
+                                                       **about))
             for method, summary, params, answer, body in _INSTANCE_OPERATIONS[(t, name)]
         ]  # fmt: skip
     if name == "export":
@@ -747,9 +748,33 @@ _INSTANCE_OPERATIONS: dict[tuple[str, str], list[tuple[str, str, list, str, dict
          {"requestBody": _request("Parameters")}),
     ],
     ("RelatedPerson", "revoke"): [("post", "end a representation or withdraw an invitation", [], "RelatedPerson", {})],
-    ("Communication", "mark-read"): [("post", "the recipient opened the notification", [], "Communication", {})],
+    ("Patient", "contacts"): [
+        ("get", "the patient's address book: who wrote to them (searchset of PractitionerRole, Practitioner, "
+         "Organization), but mailboxes on the directory's red list", [], "Bundle", {}),
+    ],
+    ("Communication", "mark-read"): [("post", "the recipient opened the notification or the message", [],
+                                      "Communication", {})],
     ("Communication", "mark-unread"): [("post", "back to unread", [], "Communication", {})],
+    ("Communication", "trash"): [("post", "the patient side moves its copy of a message to the trash", [],
+                                  "Communication", {})],
+    ("Communication", "restore"): [("post", "the patient side takes its copy of a message out of the trash", [],
+                                    "Communication", {})],
+    ("Communication", "close-thread"): [("post", "the professional who started a thread closes it to replies", [],
+                                         "Communication", {})],
+    ("Communication", "file-attachment"): [
+        ("post", "the patient side files an attachment of a message it received into the record (201: the "
+         "DocumentReference; parameters attachment valueInteger, type valueCoding, title valueString)", [],
+         "DocumentReference", {"requestBody": _request("Parameters")}),
+    ],
 }  # fmt: skip
+#: Instance operations that create a resource: 201 with it (and its Location), not 200.
+_CREATING_OPERATIONS = {("Communication", "file-attachment")}
+
+
+def _answer(t: str, name: str, answer: str) -> dict:
+    if (t, name) in _CREATING_OPERATIONS:
+        return {"201": _response(f"{answer}.created"), "4XX": _ERROR}
+    return _ok(answer)
 
 
 def _export_operations(path: str, tag: str, ids: list, about: dict) -> list[tuple[str, str, dict]]:
