@@ -24,8 +24,8 @@ from test_access_control import token
 from test_policy import LEA_DOCS, LOINC, document, policy_server, ps_token
 
 #: Every read a Store offers (base.Store): counted whichever the interactions use.
-STORE_READS = ("read_current", "read_version", "find_ids", "search_page", "count", "include", "revinclude",
-               "history", "count_history")  # fmt: skip
+STORE_READS = ("read_current", "read_version", "find_ids", "search_page", "count", "bounded_count", "estimate",
+               "include", "revinclude", "history", "count_history")  # fmt: skip
 
 # Minted at import: valid for the whole run however long the suite takes (they are stand-in tokens).
 LONG = {"exp": int(time.time()) + 24 * 3600}

@@ -47,7 +47,7 @@ class SearchRequest:
     sort: tuple[SortKey, ...] = ()
     count: int = 50
     cursor: str | None = None
-    total: str = "accurate"
+    total: str = "auto"  # no _total: the page at once, an exact total when cheap (docs/search.md "Totals")
     summary: str = "false"
     elements: list[str] | None = None
     includes: tuple[IncludeSpec, ...] = ()
@@ -64,6 +64,9 @@ class SearchPage:
     matches: list[ResourceVersion]
     included: list[ResourceVersion] = field(default_factory=list)
     total: int | None = None
+    #: how ``total`` was obtained when it is not an exact count the client asked for: "estimate", or
+    #: "omitted" (too costly to count by default: ``_total=accurate`` counts)
+    total_method: str | None = None
     next_cursor: str | None = None
     previous_cursor: str | None = None
     warnings: tuple[Issue, ...] = ()
@@ -134,8 +137,8 @@ def _request(
     kept: list[tuple[str, str]] | None,
     searches: tuple[Search, ...] = (),
 ) -> SearchRequest:
-    total = single.get("_total", "accurate")
-    if total not in ("none", "estimate", "accurate"):
+    total = single.get("_total", "auto")
+    if total not in ("none", "estimate", "accurate", "auto") or ("_total" in single and total == "auto"):
         raise bad_request(f"_total={total!r}: expected none, estimate or accurate")
     return SearchRequest(
         search=search,
@@ -338,11 +341,49 @@ async def search(ctx: Context, request: SearchRequest) -> SearchPage:
     ) if request.count else []  # fmt: skip
     keyed = [(m.key, m.version) for m in matches]
     versions, next_cursor, previous_cursor = _window(keyed, request.count, after is not None, reverse)
-    total = None if request.total == "none" else await store.count(query)
+    complete = request.count and after is None and next_cursor is None  # the first page holds every match
+    mode = request.total if request.count else "accurate"  # _count=0: the count alone
+    # the first page in id order is a sample of the type the store may scale up to an estimate
+    sample = (len(matches), matches[-1].version.id) if matches and after is None and not request.sort else None
+    total, method = await _total(ctx, mode, (query,), len(versions) if complete else None, sample)
     included = await _includes(ctx, request, versions) if versions else []
     return SearchPage(
-        versions, included, total, next_cursor, previous_cursor, request.warnings, request.summary, request.elements
-    )
+        versions, included, total, method, next_cursor, previous_cursor, request.warnings, request.summary,
+        request.elements,
+    )  # fmt: skip
+
+
+#: No ``_total``: the matches are counted exactly while that stays cheap (the store stops at this many).
+AUTO_EXACT_UP_TO = 1000
+
+
+async def _total(
+    ctx: Context, mode: str, queries: tuple[Search, ...], known: int | None, sample: tuple[int, str] | None = None
+) -> tuple[int | None, str | None]:
+    """(Bundle.total, how it was obtained) for ``_total`` = ``mode``: ``accurate`` counts; ``none`` gives
+    none; ``estimate`` asks the store's statistics; the default (``auto``) gives the exact number when the
+    first page holds every match (``known``) or a bounded count finds at most ``AUTO_EXACT_UP_TO``, else an
+    estimate (``sample``: the first page read in id order, (matches, last id), for the store to scale up).
+    An estimate is only given to callers the store answers unconfined (the access policy's
+    conditions are not in the statistics): a confined caller gets the exact count or nothing, so a total never
+    tells what the caller cannot see."""
+    store = ctx.store
+    if mode == "none":
+        return None, None
+    if mode == "accurate":
+        return sum(await asyncio.gather(*(store.count(q) for q in queries))), None
+    if known is not None:
+        return known, None
+    if mode == "auto":
+        counted = await asyncio.gather(*(store.bounded_count(q, AUTO_EXACT_UP_TO) for q in queries))
+        if all(c is not None for c in counted):
+            return sum(counted), None  # type: ignore[arg-type]
+    if all(not ctx.constraints(q.type) for q in queries):
+        one = len(queries) == 1  # a sample is one type's first page
+        estimates = await asyncio.gather(*(store.estimate(q, sample if one else None) for q in queries))
+        if all(e is not None for e in estimates):
+            return sum(estimates), "estimate"  # type: ignore[arg-type]
+    return None, "omitted"
 
 
 async def _search_types(ctx: Context, request: SearchRequest) -> SearchPage:
@@ -374,11 +415,14 @@ async def _search_types(ctx: Context, request: SearchRequest) -> SearchPage:
     order = [key.descending != reverse for key in request.sort] + [reverse, reverse]
     merged = sorted((m for p in pages for m in p), key=cmp_to_key(lambda a, b: _compare(a[0], b[0], order)))
     versions, next_cursor, previous_cursor = _window(merged, request.count, after is not None, reverse)
-    total = None if request.total == "none" else sum(await asyncio.gather(*(store.count(q) for q in queries)))
+    complete = request.count and after is None and next_cursor is None
+    mode = request.total if request.count else "accurate"
+    total, method = await _total(ctx, mode, tuple(queries), len(versions) if complete else None)
     included = await _includes(ctx, request, versions) if versions else []
     return SearchPage(
-        versions, included, total, next_cursor, previous_cursor, request.warnings, request.summary, request.elements
-    )
+        versions, included, total, method, next_cursor, previous_cursor, request.warnings, request.summary,
+        request.elements,
+    )  # fmt: skip
 
 
 def _window(

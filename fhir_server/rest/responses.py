@@ -91,10 +91,19 @@ def bundle_entry(base: str, version: ResourceVersion, *, with_request: bool = Fa
     return entry
 
 
-def bundle(type_: str, entries: list[dict], *, total: int | None, links: list[tuple[str, str]]) -> bytes:
+#: On ``Bundle.total`` (JSON ``_total``): how the server obtained it when it is not an exact count
+#: (``estimate``) or why there is none (``omitted``: too costly by default, ``_total=accurate`` counts).
+TOTAL_METHOD = "https://github.com/fhir-server/fhir-server/StructureDefinition/search-total-method"
+
+
+def bundle(
+    type_: str, entries: list[dict], *, total: int | None, links: list[tuple[str, str]], total_method: str | None = None
+) -> bytes:
     doc: dict = {"resourceType": "Bundle", "type": type_}
     if total is not None:
         doc["total"] = total
+    if total_method is not None:
+        doc["_total"] = {"extension": [{"url": TOTAL_METHOD, "valueCode": total_method}]}
     if links:
         doc["link"] = [{"relation": relation, "url": url} for relation, url in links]
     if entries:  # FHIR JSON has no empty arrays

@@ -25,7 +25,7 @@ def searchset(
     if page.warnings:
         outcome = {"resourceType": "OperationOutcome", "issue": [w.to_fhir() for w in page.warnings]}
         entries.append({"resource": outcome, "search": {"mode": "outcome"}})
-    return bundle("searchset", entries, total=page.total, links=links)
+    return bundle("searchset", entries, total=page.total, links=links, total_method=page.total_method)
 
 
 def _entry(base: str, version: ResourceVersion, mode: str, page: search_interaction.SearchPage) -> dict:

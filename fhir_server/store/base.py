@@ -267,6 +267,18 @@ class Store(ABC):
     async def count(self, query: StoreQuery | Search) -> int:
         """Number of live matches, without loading any body."""
 
+    async def bounded_count(self, query: StoreQuery | Search, cap: int) -> int | None:
+        """The number of live matches when the store finds it with a bounded effort and it is at most
+        ``cap``; None otherwise (more matches, or too costly to count here)."""
+        found = await self.count(query)
+        return found if found <= cap else None
+
+    async def estimate(self, query: StoreQuery | Search, sample: tuple[int, str] | None = None) -> int | None:
+        """An estimate of the number of matches without counting them, None when the store cannot tell.
+        ``sample``: (matches, last id) of a first page read in id order, which the store may scale up
+        (docs/search.md "Totals")."""
+        return None
+
     @abstractmethod
     async def transact(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
         """Run ``work`` atomically; retried on transient write conflicts; all or nothing."""

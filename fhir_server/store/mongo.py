@@ -567,6 +567,14 @@ class MongoStore(Store):
             flt = await compile_search(db[CURRENT], as_search(query), None)
             return await db[CURRENT].count_documents(flt)
 
+    async def bounded_count(self, query: StoreQuery | Search, cap: int) -> int | None:
+        """``count_documents`` stopping at ``cap + 1`` matches (the server reads no further)."""
+        db = self._database
+        with _unavailable():
+            flt = await compile_search(db[CURRENT], as_search(query), None)
+            found = await db[CURRENT].count_documents(flt, limit=cap + 1)
+        return found if found <= cap else None
+
     # -- the transactional outbox ----------------------------------------------------------------------
 
     async def outbox_claim(

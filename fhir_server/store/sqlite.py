@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from ..notify.outbox import OutboxItem
+from . import sqlite_plan
 from .base import (
     HistoryQuery,
     IndexEntry,
@@ -349,10 +350,13 @@ class _Where(NamedTuple):
         return self.compiler.statement(sql, args)
 
 
-def _match_where(query: StoreQuery | Search, after: str | None = None, reverse: bool = False) -> _Where:
-    """WHERE clause over ``resource r`` for the live matches of a search (ids after/before ``after``)."""
+def _match_where(
+    query: StoreQuery | Search, after: str | None = None, reverse: bool = False, walk: bool = False
+) -> _Where:
+    """WHERE clause over ``resource r`` for the live matches of a search (ids after/before ``after``);
+    ``walk``: checked row by row (``sqlite_plan.py``)."""
     search = as_search(query)
-    sql, args, compiler = compile_search(search, "r")
+    sql, args, compiler = compile_search(search, "r", walk)
     if after is not None:
         sql += f" AND r.id {'<' if reverse else '>'} ?"
         args.append(after)
@@ -427,6 +431,7 @@ class SQLiteStore(Store):
         self._checkpointing: asyncio.Future | None = None
         self._checkpointed = 0.0  # time.monotonic() of the last checkpoint started
         self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._sizes = sqlite_plan.Sizes()  # resources per type, for estimates
 
     async def start(self) -> None:
         if self._writer is not None:
@@ -507,7 +512,8 @@ class SQLiteStore(Store):
         if limit <= 0:
             return []
         if not sort:  # id order: a plain B-tree walk of the resource table
-            where = _match_where(query, after[0] if after else None, reverse)
+            walk = sqlite_plan.dense(self._read_conn, as_search(query))  # broad: walk it, checking each row
+            where = _match_where(query, after[0] if after else None, reverse, walk)
             rows = self._read_conn.execute(
                 *where.statement(
                     f"SELECT {VERSION_COLUMNS} FROM resource r"
@@ -556,10 +562,39 @@ class SQLiteStore(Store):
         return [_row_to_version(row) for row in self._read_conn.execute(sql, args)]
 
     async def count(self, query: StoreQuery | Search) -> int:
+        found = sqlite_plan.exact_entry_count(self._read_conn, as_search(query))  # one token: index entries only
+        if found is not None:
+            return found
         where = _match_where(query)
         return self._read_conn.execute(
             *where.statement(f"SELECT count(*) FROM resource r WHERE {where.sql}", where.args)
         ).fetchone()[0]
+
+    async def bounded_count(self, query: StoreQuery | Search, cap: int) -> int | None:
+        search = as_search(query)
+        if sqlite_plan.dense(self._read_conn, search):
+            return None  # broad: counting means visiting every match
+        where = _match_where(search)
+        found = self._read_conn.execute(
+            *where.statement(
+                f"SELECT count(*) FROM (SELECT 1 FROM resource r WHERE {where.sql} LIMIT ?)", [*where.args, cap + 1]
+            )
+        ).fetchone()[0]
+        return found if found <= cap else None
+
+    async def estimate(self, query: StoreQuery | Search, sample: tuple[int, str] | None = None) -> int | None:
+        search = as_search(query)
+        if sample is None:
+            walk = sqlite_plan.dense(self._read_conn, search)
+            where = _match_where(search, walk=walk)
+            ids = [row[0] for row in self._read_conn.execute(
+                *where.statement(f"SELECT r.id FROM resource r WHERE {where.sql} ORDER BY r.id LIMIT ?",
+                                 [*where.args, sqlite_plan.SAMPLE])
+            )]  # fmt: skip
+            if len(ids) < sqlite_plan.SAMPLE:
+                return len(ids)  # every match: the exact number
+            sample = (len(ids), ids[-1])
+        return sqlite_plan.scaled(self._read_conn, self._sizes, search.type, *sample)
 
     async def outbox_claim(
         self, now: int, lease_until: int, limit: int, *, channels: Sequence[str] | None = None

@@ -369,10 +369,11 @@ def _rank(cond: Condition) -> int:
     return 8
 
 
-def compile_search(search: Search, owner: str = "r") -> tuple[str, list[Any], Compiler]:
+def compile_search(search: Search, owner: str = "r", walk: bool = False) -> tuple[str, list[Any], Compiler]:
     """WHERE clause (after ``{owner}.type = ? AND {owner}.deleted = 0``), its arguments, and the compiler
-    whose ``statement()`` puts the WITH clause before the statement using them."""
-    compiler = Compiler()
+    whose ``statement()`` puts the WITH clause before the statement using them. ``walk``: every condition
+    checked on each row (a walk of the type in id order, ``sqlite_plan.py``) instead of driven from a set."""
+    compiler = Compiler(correlated=walk)
     sql = compiler.search(search, owner)
     return sql, compiler.args, compiler
 
