@@ -68,10 +68,15 @@ SHAPES = (
     Shape("patient_family_dup", "Patient?family=dup", 20.0),
     Shape("patient_family_given", "Patient?family=dupont&given=h"),
     Shape("obs_subject_code", f"Observation?subject=Patient/{{patient}}&code={SYSTOLIC}", 30.0),
-    Shape("obs_code_date", f"Observation?code={SYSTOLIC}&date=ge2023-01-01&_count=50"),
+    # analysts' broad searches (issue 15): the default answers the page at once (docs/search.md "Totals")
+    Shape("obs_code_date", f"Observation?code={SYSTOLIC}&date=ge2023-01-01&_count=50", 50.0),
+    Shape("obs_code_date_none", f"Observation?code={SYSTOLIC}&date=ge2023-01-01&_count=50&_total=none", 20.0),
+    Shape("obs_code_date_estimate", f"Observation?code={SYSTOLIC}&date=ge2023-01-01&_count=50&_total=estimate"),
+    Shape("obs_code_date_accurate", f"Observation?code={SYSTOLIC}&date=ge2023-01-01&_count=50&_total=accurate"),
     Shape("obs_chain_family", "Observation?subject:Patient.family=dupont"),
-    Shape("patient_has_value", "Patient?_has:Observation:subject:value-quantity=gt180"),
-    Shape("obs_count_code", f"Observation?_summary=count&code={SYSTOLIC}"),
+    Shape("patient_has_value", "Patient?_has:Observation:subject:value-quantity=gt180", 100.0),
+    Shape("patient_has_value_accurate", "Patient?_has:Observation:subject:value-quantity=gt180&_total=accurate"),
+    Shape("obs_count_code", f"Observation?_summary=count&code={SYSTOLIC}", 32.0),  # 160k: ≥ 5 M counted/s
     Shape("patient_birthdate", "Patient?birthdate=1980"),
 )
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from dataclasses import replace
 
 from .query import Entry, Has, Search
 from .sqlite_query import Compiler, _rank
@@ -56,11 +57,27 @@ def dense(conn: sqlite3.Connection, search: Search) -> bool:
 
 
 def entry_count(conn: sqlite3.Connection, type_: str, entry: Entry, cap: int) -> int:
-    """Index entries of ``type_`` matching ``entry``, counted up to ``cap`` (covering index only)."""
+    """Index entries of ``type_`` matching ``entry``, counted up to ``cap`` (covering indexes only).
+
+    A range is counted within a window of ``4 * cap`` entries of its parameter, read from where its matches
+    are (the range index is ordered by ``low``: highest first for a bound on ``high`` — ``ge``, ``gt`` —,
+    lowest first otherwise): a sparse range is found sparse after a bounded read instead of a walk of the
+    whole parameter (an entry spanning a long range outside the window can make it look sparser than it
+    is: the set plan then runs, as before)."""
     compiler = Compiler()
-    tests = compiler._entry_tests(entry, "s")
-    sql = f"SELECT count(*) FROM (SELECT 1 FROM search_index s WHERE s.type = ? AND {' AND '.join(tests)} LIMIT ?)"
-    return conn.execute(sql, [type_, *compiler.args, cap]).fetchone()[0]
+    if not entry.ranges:
+        tests = compiler._entry_tests(entry, "s")
+        sql = f"SELECT count(*) FROM (SELECT 1 FROM search_index s WHERE s.type = ? AND {' AND '.join(tests)} LIMIT ?)"
+        return conn.execute(sql, [type_, *compiler.args, cap]).fetchone()[0]
+    tests = compiler._entry_tests(replace(entry, ranges=()), "s")
+    descending = all(r.field == "high" for r in entry.ranges)
+    window = (
+        f"SELECT s.low, s.high FROM search_index s WHERE s.type = ? AND {' AND '.join(tests)} AND s.low IS NOT NULL"
+        f" ORDER BY s.low {'DESC' if descending else 'ASC'} LIMIT ?"
+    )
+    bounds = " AND ".join(f"w.{r.field} {r.op} ?" for r in entry.ranges)
+    sql = f"SELECT count(*) FROM (SELECT 1 FROM ({window}) w WHERE {bounds} LIMIT ?)"
+    return conn.execute(sql, [type_, *compiler.args, 4 * cap, *(r.bound for r in entry.ranges), cap]).fetchone()[0]
 
 
 def exact_entry_count(conn: sqlite3.Connection, search: Search) -> int | None:
