@@ -139,6 +139,48 @@ def mongo_url(mongo_uri: str) -> Iterator[str]:
         client.close()
 
 
+#: The two backends, as a module-scoped fixture's params (one server per store for a whole module).
+BACKENDS = ["sqlite", pytest.param("mongo", marks=pytest.mark.mongo)]
+
+
+@contextlib.contextmanager
+def module_store_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An empty store of the backend ``request.param`` names, for a module-scoped fixture (the Mongo stand-in
+    is slow to start a database: modules whose tests name what they create share one); dropped after."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('store') / 'fhir.db'}"
+        return
+    database = f"test_{uuid.uuid4().hex}"
+    url = mongo_url_for_database(request.getfixturevalue("mongo_uri"), database)
+    try:
+        yield url
+    finally:
+        from pymongo import MongoClient
+
+        client: MongoClient = MongoClient(url, serverSelectionTimeoutMS=5000)
+        try:
+            client.drop_database(database)
+        finally:
+            client.close()
+
+
+@contextlib.asynccontextmanager
+async def seeded_client(url: str, seed: list[dict], verifier: object) -> AsyncIterator[httpx.AsyncClient]:
+    """A server on ``url`` without an audit trail (tested on its own: its writes would triple a Mongo run),
+    ``seed`` written while access is open (the operator's feed), then behind ``verifier`` (the tokens)."""
+    from fhir_server.app import create_app
+    from fhir_server.config import Settings
+
+    app = create_app(Settings(store=url, auth=False, load_definitions=False, validation_processes=0, audit=False))
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url=FHIR_BASE) as c:
+        for resource in seed:
+            r = await c.put(f"/{resource['resourceType']}/{resource['id']}", json=resource)
+            assert r.status_code == 201, r.text
+        app.state.auth = verifier
+        yield c
+
+
 @pytest.fixture(params=["sqlite", pytest.param("mongo", marks=pytest.mark.mongo)])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The URL of an empty store of each backend: ``sqlite:////tmp/…/fhir.db`` and a fresh Mongo database."""

@@ -18,16 +18,13 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import httpx
 import pytest
-from conftest import FHIR_BASE, mongo_url_for_database
+from conftest import BACKENDS, module_store_url, seeded_client
 from test_access_control import StandInVerifier, token
 from test_policy import consent, directory, ps_token
 
-from fhir_server.app import create_app
-from fhir_server.config import Settings
 from fhir_server.policy import codes
 from fhir_server.policy.rules import EMERGENCY_TYPES
 from fhir_server.space import representatives as rep
@@ -204,36 +201,12 @@ SEED = [
 
 
 # --- one server per store ----------------------------------------------------------------------------------------
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("mongo", marks=pytest.mark.mongo)])
+@pytest.fixture(scope="module", params=BACKENDS)
 async def client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator:
-    """A server on an empty store of each backend (the ``store_url`` fixture's two, once per module), seeded while
-    access is open, then behind the stand-in token verifier."""
-    database = None
-    if request.param == "sqlite":
-        url = f"sqlite:///{Path(tmp_path_factory.mktemp('profile')) / 'fhir.db'}"
-    else:
-        database = f"test_{uuid.uuid4().hex}"
-        url = mongo_url_for_database(request.getfixturevalue("mongo_uri"), database)
-    # no audit trail: it is tested on its own (tests/test_audit_*.py), and its writes would triple the run on Mongo
-    settings = Settings(store=url, auth=False, load_definitions=False, validation_processes=0, audit=False)
-    app = create_app(settings)
-    transport = httpx.ASGITransport(app=app)
-    try:
-        async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url=FHIR_BASE) as c:
-            for resource in SEED:
-                r = await c.put(f"/{resource['resourceType']}/{resource['id']}", json=resource)
-                assert r.status_code == 201, r.text
-            app.state.auth = StandInVerifier()
+    """One seeded server per store for the module, behind the stand-in token verifier."""
+    with module_store_url(request, tmp_path_factory) as url:
+        async with seeded_client(url, SEED, StandInVerifier()) as c:
             yield c
-    finally:
-        if database is not None:
-            from pymongo import MongoClient
-
-            mongo: MongoClient = MongoClient(url, serverSelectionTimeoutMS=5000)
-            try:
-                mongo.drop_database(database)
-            finally:
-                mongo.close()
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------

@@ -14,16 +14,14 @@ import base64
 import time
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
-from conftest import FHIR_BASE, mongo_url_for_database
+from conftest import BACKENDS, module_store_url, seeded_client
 from test_access_control import StandInVerifier, token
+from test_medical_profile import representation
 from test_policy import consent, directory, exported_ids, ps_token
 
-from fhir_server.app import create_app
-from fhir_server.config import Settings
 from fhir_server.messaging import codes as msg
 from fhir_server.policy import codes
 from fhir_server.space import representatives as rep
@@ -53,12 +51,6 @@ PDF = base64.b64encode(b"%PDF-1.7\n% ordonnance\n%%EOF\n").decode()
 PNG_AS_PDF = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 32).decode()
 EXE = base64.b64encode(b"MZ\x90\x00 this program cannot be run in DOS mode").decode()
 INBOX = f"_tag={msg.MAILBOX}|{msg.PATIENT_COPY}"
-
-
-def representation(id_: str, username: str, kind: str, rights: str) -> dict:
-    body = rep.related_person("lea", kind, rights, state=rep.ACCEPTED, active=True, start="2020-01-01",
-                              identifiers=[{"system": rep.ACCOUNT, "value": username}])  # fmt: skip
-    return {**body, "id": id_}
 
 
 SEED = [
@@ -97,33 +89,12 @@ SEED = [
 ]
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("mongo", marks=pytest.mark.mongo)])
+@pytest.fixture(scope="module", params=BACKENDS)
 async def client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator:
-    database = None
-    if request.param == "sqlite":
-        url = f"sqlite:///{Path(tmp_path_factory.mktemp('messaging')) / 'fhir.db'}"
-    else:
-        database = f"test_{uuid.uuid4().hex}"
-        url = mongo_url_for_database(request.getfixturevalue("mongo_uri"), database)
-    settings = Settings(store=url, auth=False, load_definitions=False, validation_processes=0, audit=False)
-    app = create_app(settings)
-    transport = httpx.ASGITransport(app=app)
-    try:
-        async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url=FHIR_BASE) as c:
-            for resource in SEED:
-                r = await c.put(f"/{resource['resourceType']}/{resource['id']}", json=resource)
-                assert r.status_code == 201, r.text
-            app.state.auth = StandInVerifier()
+    """One seeded server per store for the module, behind the stand-in token verifier."""
+    with module_store_url(request, tmp_path_factory) as url:
+        async with seeded_client(url, SEED, StandInVerifier()) as c:
             yield c
-    finally:
-        if database is not None:
-            from pymongo import MongoClient
-
-            mongo: MongoClient = MongoClient(url, serverSelectionTimeoutMS=5000)
-            try:
-                mongo.drop_database(database)
-            finally:
-                mongo.close()
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------
