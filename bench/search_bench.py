@@ -17,6 +17,11 @@
 for the count and the first page (in this process, read-only connection), to split database time from
 the rest. ``--profile SHAPE`` records the server with py-spy during that shape.
 
+A ``mongodb://…/database?replicaSet=…`` store (a corpus built by ``search_corpus.py`` into that
+database) is measured the same way over HTTP; the corpus facts and the patients drawn come from the
+database with pymongo (the same ids in the same order as SQLite's, so the same patients are drawn).
+``--explain`` is SQLite-only (refused for MongoDB).
+
 Targets (search issue): ``Patient?family=dup`` p95 ≤ 20 ms; ``Observation?subject=…&code=…`` p95 ≤ 30 ms.
 
 Usage (from the repository root)::
@@ -192,6 +197,51 @@ def patient_ids(path: Path, n: int, seed: int) -> list[str]:
     return [rng.choice(ids) for _ in range(n)]
 
 
+def is_mongo(url: str) -> bool:
+    return url.startswith(("mongodb://", "mongodb+srv://"))
+
+
+def mongo_corpus_facts(url: str) -> dict:
+    from pymongo import MongoClient
+
+    from fhir_server.store.mongo import CURRENT, database_name
+
+    name = database_name(url)
+    with MongoClient(url, serverSelectionTimeoutMS=10_000) as client:
+        db = client[name]
+        by_type = db[CURRENT].aggregate([{"$match": {"del": False}}, {"$group": {"_id": "$t", "n": {"$sum": 1}}}])
+        counts = {d["_id"]: d["n"] for d in sorted(by_type, key=lambda d: d["_id"])}
+        stats = db.command("dbStats")
+        collections = {c: db[c].estimated_document_count() for c in sorted(db.list_collection_names())}
+        indexes = sorted(f"{c}.{i['name']}" for c in collections for i in db[c].list_indexes())
+        server = client.server_info().get("version")
+    return {
+        "database": name,
+        "server_version": server,
+        "data_size_bytes": stats.get("dataSize"),
+        "storage_size_bytes": stats.get("storageSize"),
+        "index_size_bytes": stats.get("indexSize"),
+        "resources": counts,
+        "collections": collections,
+        "indexes": indexes,
+    }
+
+
+def mongo_patient_ids(url: str, n: int, seed: int) -> list[str]:
+    """As ``patient_ids``, from the store's ``resource`` collection in id order (SQLite's primary key order)."""
+    from pymongo import MongoClient
+
+    from fhir_server.store.mongo import CURRENT, database_name
+
+    with MongoClient(url, serverSelectionTimeoutMS=10_000) as client:
+        cursor = client[database_name(url)][CURRENT].find({"t": "Patient", "del": False}, {"_id": 0, "i": 1})
+        ids = sorted(d["i"] for d in cursor)
+    if not ids:
+        raise RuntimeError(f"{url} holds no Patient: build it with bench/search_corpus.py")
+    rng = random.Random(seed)
+    return [rng.choice(ids) for _ in range(n)]
+
+
 # --- measuring ---------------------------------------------------------------------------------------
 
 
@@ -209,6 +259,7 @@ def run_shape(client: httpx.Client, server: Server, shape: Shape, ids: list[str]
     urls = [shape.template.format(patient=pid) for pid in ids]
     latencies: list[float] = []
     totals: list[int | None] = []
+    methods: Counter[str] = Counter()  # Bundle._total's search-total-method extension (estimate / omitted)
     entries: list[int] = []
     statuses: Counter[int] = Counter()
     first_error = None
@@ -238,6 +289,8 @@ def run_shape(client: httpx.Client, server: Server, shape: Shape, ids: list[str]
             latencies.append(ms)
             doc = response.json()
             totals.append(doc.get("total"))
+            ext = [e.get("valueCode") for e in (doc.get("_total") or {}).get("extension", ()) if "valueCode" in e]
+            methods[ext[0] if ext else ("exact" if doc.get("total") is not None else "none")] += 1
             entries.append(len(doc.get("entry") or ()))
             if time.monotonic() - measured_start > args.max_seconds and len(latencies) >= 5:
                 break
@@ -266,6 +319,7 @@ def run_shape(client: httpx.Client, server: Server, shape: Shape, ids: list[str]
             "median": statistics.median(known_totals) if known_totals else None,
             "max": max(known_totals) if known_totals else None,
         },
+        "total_method": dict(methods),
         "entries_per_page": {"min": min(entries), "max": max(entries)} if entries else None,
         "server_cpu_ms_per_request": 1000 * (cpu1 - cpu0) / n if n else None,
         "machine_cpu_percent_of_one_core": round(100 * (os.cpu_count() or 1) * busy / total_j, 1) if total_j else None,
@@ -412,6 +466,9 @@ def print_table(results: list[dict]) -> None:
         target = "-"
         if r["target_p95_ms"] is not None:
             target = f"≤{r['target_p95_ms']:.0f} {'OK' if r.get('target_met') else 'MISSED'}"
+        methods = [m for m in r.get("total_method", {}) if m != "exact"]
+        if methods:
+            total = f"{total} {'/'.join(methods)}".strip()
         print(
             f"{r['name']:<22} {r['requests']:>4} {fmt(r['p50_ms']):>8} {fmt(r['p95_ms']):>8} "
             f"{fmt(r['p99_ms']):>8} {fmt(r['max_ms']):>8} {fmt(r['server_cpu_ms_per_request']):>8} "
@@ -424,12 +481,19 @@ def print_table(results: list[dict]) -> None:
             err = r["first_error"]
             print(f"    {sum(v for k, v in r['statuses'].items() if k != 200)} error(s), first: {err['status']} "
                   f"{err['body'][:300]}")  # fmt: skip
-    print("(ms; cpu/req = server CPU ms per request; total = Bundle.total over the measured requests)")
+    print(
+        "(ms; cpu/req = server CPU ms per request; total = Bundle.total over the measured requests, followed by its"
+        " search-total-method extension when not exact)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--store", default="sqlite:////tmp/search_corpus/search.db", help="sqlite:/// URL of the corpus")
+    p.add_argument(
+        "--store",
+        default="sqlite:////tmp/search_corpus/search.db",
+        help="sqlite:/// URL of the corpus, or mongodb://host:port/database?replicaSet=… (no --explain)",
+    )
     p.add_argument("--requests", type=int, default=200, help="measured requests per shape (default 200)")
     p.add_argument("--warmup", type=int, default=20, help="un-measured requests per shape first (default 20)")
     p.add_argument("--max-seconds", type=float, default=60, help="stop a shape after this many seconds (≥5 samples)")
@@ -456,23 +520,42 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(args.server_src.resolve()))
     from fhir_server.store import sqlite_path
 
-    path = Path(sqlite_path(args.store)).resolve()
-    if not path.exists():
-        p.error(f"{path} does not exist: build it with bench/search_corpus.py")
+    mongo = is_mongo(args.store)
+    if mongo:
+        if args.explain:
+            p.error("--explain shows SQLite statements and plans: not available for a mongodb:// store")
+        path = None
+        store_url = args.store
+    else:
+        path = Path(sqlite_path(args.store)).resolve()
+        if not path.exists():
+            p.error(f"{path} does not exist: build it with bench/search_corpus.py")
+        store_url = f"sqlite:///{path}"
     shapes = [s for s in SHAPES if not args.only or s.name in args.only]
     if args.only and len(shapes) != len(set(args.only)):
         p.error(f"unknown shape in {args.only}; known: {', '.join(s.name for s in SHAPES)}")
 
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
-    facts = corpus_facts(path)
-    print(
-        f"corpus {path}: {facts['size_bytes'] / 2**30:.2f} GiB, "
-        + ", ".join(f"{t} {c:,}" for t, c in facts["resources"].items())
-        + f"; analyzed: {facts['analyzed']}",
-        flush=True,
-    )
-    ids = patient_ids(path, args.warmup + args.requests, args.seed)
+    if path is None:
+        facts = mongo_corpus_facts(store_url)
+        print(
+            f"corpus MongoDB database {facts['database']!r} (server {facts['server_version']}): "
+            + ", ".join(f"{t} {c:,}" for t, c in facts["resources"].items())
+            + f"; data {(facts['data_size_bytes'] or 0) / 2**20:.1f} MiB, indexes "
+            + f"{(facts['index_size_bytes'] or 0) / 2**20:.1f} MiB",
+            flush=True,
+        )
+        ids = mongo_patient_ids(store_url, args.warmup + args.requests, args.seed)
+    else:
+        facts = corpus_facts(path)
+        print(
+            f"corpus {path}: {facts['size_bytes'] / 2**30:.2f} GiB, "
+            + ", ".join(f"{t} {c:,}" for t, c in facts["resources"].items())
+            + f"; analyzed: {facts['analyzed']}",
+            flush=True,
+        )
+        ids = patient_ids(path, args.warmup + args.requests, args.seed)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     args.results_dir.mkdir(parents=True, exist_ok=True)
     log = args.results_dir / f"search-{stamp}-server.log"
@@ -482,19 +565,19 @@ def main(argv: list[str] | None = None) -> int:
         "label": args.label,
         "machine": machine_facts(),
         "corpus": facts,
-        "server": {"workers": 1, "store": f"sqlite:///{path}", "src": str(args.server_src or "editable install")},
+        "server": {"workers": 1, "store": store_url, "src": str(args.server_src or "editable install")},
         "settings": {"requests": args.requests, "warmup": args.warmup, "max_seconds": args.max_seconds,
                      "seed": args.seed},
         "shapes": [],
     }  # fmt: skip
-    if args.explain:
+    if args.explain and path is not None:
         doc["explain"] = []
         for shape in shapes:
             found = explain(path, shape, ids[0], budget=args.explain_timeout)
             print_explain(found)
             doc["explain"].append(found)
     # Generous: a server whose schema changed migrates the corpus (CREATE INDEX on ~20M rows) at start.
-    server = Server(f"sqlite:///{path}", args.server_src, log, timeout=900)
+    server = Server(store_url, args.server_src, log, timeout=900)
     spy = None
     try:
         with httpx.Client(base_url=server.base, headers={"Accept": FHIR_JSON}, timeout=300) as client:
@@ -512,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
                 if result.get("timed_out"):
                     print(f"a request took more than {args.request_timeout:.0f} s: restarting the server", flush=True)
                     server.stop()
-                    server = Server(f"sqlite:///{path}", args.server_src, log, timeout=900)
+                    server = Server(store_url, args.server_src, log, timeout=900)
                     client.base_url = server.base
                 else:
                     print(f"p50 {fmt(result['p50_ms'])} ms, p95 {fmt(result['p95_ms'])} ms", flush=True)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build a search benchmark corpus straight into a SQLite store: French Patients and their vital signs.
+"""Build a search benchmark corpus straight into a SQLite (or MongoDB) store: French Patients and their vital signs.
 
 Every resource goes through the server's own write path minus HTTP: the resource dict is stamped like
 ``crud`` does (``stamp``: id, meta.versionId, meta.lastUpdated = ``now_us()``), serialized with
@@ -33,6 +33,10 @@ The secondary indexes are dropped for the load and rebuilt at the end with their
 (``--keep-indexes`` to load with them); if a load is interrupted, the server's ``start()`` recreates
 any missing ones (``CREATE INDEX IF NOT EXISTS``). Prints resources/s while loading and the database
 size at the end.
+
+A ``mongodb://…/database?replicaSet=…`` store gets the same corpus through the same ``transact`` /
+``put`` path, without the SQLite-only steps (index dropping/rebuild, page cache, size report): it prints
+the database's document counts instead; ``--force`` drops the database first.
 
 Usage (from the repository root)::
 
@@ -332,7 +336,85 @@ class Progress:
             self.last, self.last_done = now, self.done
 
 
+async def generate(writer: BatchWriter, rng: random.Random, ids: Ids, n_pat: int, n_obs: int, n_dup: int) -> None:
+    """The corpus, in its deterministic order: the Patients, then the Observations (both stores)."""
+    dup_at = dict(zip(sorted(rng.sample(range(n_pat), n_dup)), dup_patients(rng, n_dup), strict=True))
+    patient_ids: list[str] = []
+    for i in range(n_pat):
+        if i in dup_at:
+            family, given, female = dup_at[i]
+            resource = _patient(rng, i, family, given, female)
+        else:
+            resource = patient(rng, i, rng.choice(FAMILY))
+        id_ = ids.next()
+        patient_ids.append(id_)
+        await writer.add(*_build("Patient", id_, resource))
+    await writer.flush()
+    for _ in range(n_obs):
+        await writer.add(*_build("Observation", ids.next(), observation(rng, rng.choice(patient_ids))))
+    await writer.flush()
+
+
+async def load_mongo(args: argparse.Namespace) -> int:
+    """The same corpus through the same write path into a MongoDB store (``mongodb://…/database?…``).
+
+    No index dropping (the store's ``start`` creates its indexes; the load keeps them) and no size
+    report: the database's document counts at the end instead. ``--force`` drops the database first.
+    """
+    from pymongo import MongoClient
+
+    from fhir_server.store.mongo import CURRENT, database_name
+
+    url, name = args.store, database_name(args.store)
+    with MongoClient(url, serverSelectionTimeoutMS=10_000) as client:
+        db = client[name]
+        existing = db[CURRENT].estimated_document_count()
+        if existing and not args.force:
+            print(f"MongoDB database {name!r} already holds {existing:,} resources: refusing (--force drops it first)",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        if args.force:
+            client.drop_database(name)
+    store = open_store(url)
+    await store.start()
+    try:
+        rng = random.Random(args.seed)
+        ids = Ids(random.Random(args.seed + 1))
+        n_pat, per = args.patients, args.observations_per_patient
+        n_obs = n_pat * per
+        n_dup = min(args.dup, n_pat)
+        total = n_pat + n_obs
+        print(
+            f"corpus: {n_pat:,} Patients ({n_dup} Dup*) + {n_obs:,} Observations = {total:,} resources "
+            f"→ MongoDB database {name!r} (seed {args.seed}, {args.batch:,} per transaction)",
+            flush=True,
+        )
+        progress = Progress(total)
+        writer = BatchWriter(store, args.batch, progress)
+        await generate(writer, rng, ids, n_pat, n_obs, n_dup)
+        if progress.done != progress.last_done:
+            progress.add(0, "done", force=True)
+        loaded = time.monotonic() - progress.start
+    finally:
+        await store.close()
+    print(
+        f"loaded {total:,} resources ({writer.entries:,} index entries) in {loaded:,.1f}s = "
+        f"{total / loaded:,.0f} resources/s (secondary indexes kept during the load)",
+        flush=True,
+    )
+    with MongoClient(url, serverSelectionTimeoutMS=10_000) as client:
+        db = client[name]
+        by_type = db[CURRENT].aggregate([{"$group": {"_id": "$t", "n": {"$sum": 1}}}, {"$sort": {"_id": 1}}])
+        print("resources in the store: " + ", ".join(f"{d['_id']} {d['n']:,}" for d in by_type), flush=True)
+        counts = {c: db[c].count_documents({}) for c in sorted(db.list_collection_names())}
+        print(f"MongoDB database {name!r} documents: " + ", ".join(f"{c} {n:,}" for c, n in counts.items()),
+              flush=True)  # fmt: skip
+    return 0
+
+
 async def load(args: argparse.Namespace) -> int:
+    if args.store.startswith(("mongodb://", "mongodb+srv://")):
+        return await load_mongo(args)
     url = args.store
     path = Path(sqlite_path(url))
     if args.force:
@@ -366,23 +448,8 @@ async def load(args: argparse.Namespace) -> int:
             flush=True,
         )
         progress = Progress(total)
-        dup_at = dict(zip(sorted(rng.sample(range(n_pat), n_dup)), dup_patients(rng, n_dup), strict=True))
-        patient_ids: list[str] = []
         writer = BatchWriter(store, args.batch, progress)
-
-        for i in range(n_pat):
-            if i in dup_at:
-                family, given, female = dup_at[i]
-                resource = _patient(rng, i, family, given, female)
-            else:
-                resource = patient(rng, i, rng.choice(FAMILY))
-            id_ = ids.next()
-            patient_ids.append(id_)
-            await writer.add(*_build("Patient", id_, resource))
-        await writer.flush()
-        for _ in range(n_obs):
-            await writer.add(*_build("Observation", ids.next(), observation(rng, rng.choice(patient_ids))))
-        await writer.flush()
+        await generate(writer, rng, ids, n_pat, n_obs, n_dup)
         if progress.done != progress.last_done:
             progress.add(0, "done", force=True)
         loaded = time.monotonic() - progress.start
@@ -411,20 +478,24 @@ async def load(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--store", required=True, help="sqlite:///rel.db or sqlite:////abs.db")
+    p.add_argument(
+        "--store",
+        required=True,
+        help="sqlite:///rel.db, sqlite:////abs.db or mongodb://host:port/database?replicaSet=…",
+    )
     p.add_argument("--patients", type=int, default=100_000)
     p.add_argument("--observations-per-patient", type=int, default=10)
     p.add_argument("--dup", type=int, default=50, help="patients whose family name starts with Dup (default 50)")
     p.add_argument("--seed", type=int, default=20240611)
     p.add_argument("--batch", type=int, default=2000, help="resources per transaction (default 2000)")
     p.add_argument("--cache-mb", type=int, default=2048, help="SQLite page cache of the load connection (MiB)")
-    p.add_argument("--force", action="store_true", help="delete an existing database first")
+    p.add_argument("--force", action="store_true", help="delete an existing database first (Mongo: drop it)")
     p.add_argument(
         "--keep-indexes", action="store_true", help="keep the secondary indexes during the load (much slower)"
     )
     args = p.parse_args(argv)
-    if not args.store.startswith("sqlite:///"):
-        p.error("--store must be a sqlite:/// URL")
+    if not args.store.startswith(("sqlite:///", "mongodb://", "mongodb+srv://")):
+        p.error("--store must be a sqlite:/// or mongodb:// URL")
     return asyncio.run(load(args))
 
 
