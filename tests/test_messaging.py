@@ -11,6 +11,7 @@ create and count only what they made or what must be 0.
 from __future__ import annotations
 
 import base64
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -473,3 +474,52 @@ async def test_an_attachment_over_the_size_limit_answers_413(client, monkeypatch
     finally:
         monkeypatch.delenv("FHIR_SERVER_MESSAGE_ATTACHMENT_MAX_BYTES")
         messages.limits.cache_clear()
+
+
+async def test_no_other_channel_shows_a_message_to_an_outsider(client):
+    """vread of an older version, history, _include, batch answers, conditional update and delete matching,
+    a Subscription's notification, and the wording of the 404: an authorised professional of another
+    organisation learns nothing more of a message than of one that never existed."""
+    app = client._transport.app  # type: ignore[attr-defined]
+    subscription = {"resourceType": "Subscription", "status": "requested", "reason": "suivi",
+                    "criteria": "Communication?subject=Patient/lea",
+                    "channel": {"type": "rest-hook", "endpoint": "https://ehr.example/hook"}}  # fmt: skip
+    assert (await client.post("/Subscription", json=subscription, headers=OUTSIDER)).status_code == 201
+    r = await client.post("/Subscription", json=subscription, headers=MED)  # the control: the sender's own
+    assert r.status_code == 201, r.text
+    control = r.json()["id"]
+    sent = await send_with_binary(client, "Pour Léa seulement")
+    mine = await copy_of(client, sent, LEA)
+    assert (await client.post(f"/Communication/{mine['id']}/$mark-read", headers=LEA)).status_code == 200  # v2
+    ids = (sent["id"], mine["id"])
+    for id_ in ids:
+        for path in (f"Communication/{id_}/_history/1", f"Communication/{id_}/_history"):
+            assert (await client.get(f"/{path}", headers=OUTSIDER)).status_code == 404, path
+    history = await client.get("/Communication/_history", headers=OUTSIDER)
+    assert not set(ids) & {e["resource"]["id"] for e in history.json().get("entry", ()) if "resource" in e}
+    r = await client.get("/Communication?_include=Communication:part-of&_revinclude=Communication:part-of",
+                         headers=OUTSIDER)  # fmt: skip
+    assert not set(ids) & {e["resource"]["id"] for e in r.json().get("entry", ())}
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": f"Communication/{mine['id']}"}},
+        {"request": {"method": "GET", "url": "Communication?subject=Patient/lea&_total=accurate"}}]}  # fmt: skip
+    answers = (await client.post("/", json=batch, headers=OUTSIDER)).json()["entry"]
+    assert answers[0]["response"]["status"].startswith("404") and answers[1]["resource"]["total"] == 0
+    # conditional update and delete by the shared identifier match neither copy
+    query = f"Communication?identifier={msg.MESSAGE_ID}|{sent['identifier'][0]['value']}"
+    assert (await client.delete(f"/{query}", headers=OUTSIDER)).status_code in (200, 204)
+    r = await client.put(f"/{query}", json=message("remplacé"), headers=OUTSIDER)
+    assert r.status_code in (201, 403, 422), r.text  # a new message of theirs at most, never a change of these
+    assert (await client.get(f"/Communication/{mine['id']}", headers=LEA)).json()["meta"]["versionId"] == "2"
+    assert (await client.get(f"/Communication/{sent['id']}", headers=MED)).status_code == 200
+    # Subscriptions match under their subscriber's access: the sender's is notified of his copy only, the
+    # outsider's of nothing
+    copies = {f"Communication/{i}" for i in ids}
+    queued = [i for i in await app.state.context.store.outbox_items() if i.payload.get("resource") in copies]
+    assert [(i.payload["subscription"], i.payload["resource"]) for i in queued] == [
+        (control, f"Communication/{sent['id']}")
+    ]
+    # the 404 says what it says of a message that never existed
+    theirs = (await client.get(f"/Communication/{mine['id']}", headers=OUTSIDER)).json()
+    never = (await client.get("/Communication/never-was", headers=OUTSIDER)).json()
+    assert json.dumps(theirs).replace(mine["id"], "X") == json.dumps(never).replace("never-was", "X")
