@@ -64,6 +64,7 @@ SEED = [
     representation("lea-tutor", "paul", rep.TUTOR, rep.MANAGE),
     representation("lea-aidant", "alice", rep.DELEGATE, rep.READ),
     {"resourceType": "Organization", "id": "elsewhere", "name": "Clinique"},
+    {"resourceType": "Organization", "id": "red-listed", "name": "Cabinet sur liste rouge"},
     {"resourceType": "Practitioner", "id": "out", "identifier": [{"system": codes.ID_NAT_PS, "value": "810000009999"}]},
     {
         "resourceType": "PractitionerRole",
@@ -77,7 +78,7 @@ SEED = [
         "resourceType": "PractitionerRole",
         "id": "r-red",
         "practitioner": {"reference": "Practitioner/out"},
-        "organization": {"reference": "Organization/elsewhere"},
+        "organization": {"reference": "Organization/red-listed"},
         "code": [{"coding": [{"system": codes.TRE_G15, "code": "10"}]}],
         "telecom": [
             {
@@ -379,7 +380,7 @@ async def test_the_address_book_lists_who_wrote_to_the_patient(client):
     await post(client, message("Bonjour"), GP)
     red = token("user/*.cruds", fhirUser="PractitionerRole/r-red", **LONG,
                 ps={"idNatPs": "810000009999", "profession": "10", "practitioner": "Practitioner/out",
-                    "role": "PractitionerRole/r-red", "organization": "Organization/elsewhere"})  # fmt: skip
+                    "role": "PractitionerRole/r-red", "organization": "Organization/red-listed"})  # fmt: skip
     await post(client, message("Sur liste rouge"), red)
     r = await client.get("/Patient/lea/$contacts", headers=LEA)
     assert r.status_code == 200, r.text
