@@ -355,6 +355,27 @@ async def generate(writer: BatchWriter, rng: random.Random, ids: Ids, n_pat: int
     await writer.flush()
 
 
+async def build(store: Store, args: argparse.Namespace, target: str) -> tuple[int, float, BatchWriter]:
+    """Generate the corpus into ``store`` (either backend): (resources, seconds, the writer and its counts)."""
+    rng = random.Random(args.seed)
+    ids = Ids(random.Random(args.seed + 1))
+    n_pat, per = args.patients, args.observations_per_patient
+    n_obs = n_pat * per
+    n_dup = min(args.dup, n_pat)
+    total = n_pat + n_obs
+    print(
+        f"corpus: {n_pat:,} Patients ({n_dup} Dup*) + {n_obs:,} Observations = {total:,} resources "
+        f"→ {target} (seed {args.seed}, {args.batch:,} per transaction)",
+        flush=True,
+    )
+    progress = Progress(total)
+    writer = BatchWriter(store, args.batch, progress)
+    await generate(writer, rng, ids, n_pat, n_obs, n_dup)
+    if progress.done != progress.last_done:
+        progress.add(0, "done", force=True)
+    return total, time.monotonic() - progress.start, writer
+
+
 async def load_mongo(args: argparse.Namespace) -> int:
     """The same corpus through the same write path into a MongoDB store (``mongodb://…/database?…``).
 
@@ -378,23 +399,7 @@ async def load_mongo(args: argparse.Namespace) -> int:
     store = open_store(url)
     await store.start()
     try:
-        rng = random.Random(args.seed)
-        ids = Ids(random.Random(args.seed + 1))
-        n_pat, per = args.patients, args.observations_per_patient
-        n_obs = n_pat * per
-        n_dup = min(args.dup, n_pat)
-        total = n_pat + n_obs
-        print(
-            f"corpus: {n_pat:,} Patients ({n_dup} Dup*) + {n_obs:,} Observations = {total:,} resources "
-            f"→ MongoDB database {name!r} (seed {args.seed}, {args.batch:,} per transaction)",
-            flush=True,
-        )
-        progress = Progress(total)
-        writer = BatchWriter(store, args.batch, progress)
-        await generate(writer, rng, ids, n_pat, n_obs, n_dup)
-        if progress.done != progress.last_done:
-            progress.add(0, "done", force=True)
-        loaded = time.monotonic() - progress.start
+        total, loaded, writer = await build(store, args, f"MongoDB database {name!r}")
     finally:
         await store.close()
     print(
@@ -436,29 +441,13 @@ async def load(args: argparse.Namespace) -> int:
         if deferred:
             print(f"secondary indexes dropped during the load, rebuilt at the end: {', '.join(n for n, _ in deferred)}")
 
-        rng = random.Random(args.seed)
-        ids = Ids(random.Random(args.seed + 1))
-        n_pat, per = args.patients, args.observations_per_patient
-        n_obs = n_pat * per
-        n_dup = min(args.dup, n_pat)
-        total = n_pat + n_obs
-        print(
-            f"corpus: {n_pat:,} Patients ({n_dup} Dup*) + {n_obs:,} Observations = {total:,} resources "
-            f"→ {path} (seed {args.seed}, {args.batch:,} per transaction)",
-            flush=True,
-        )
-        progress = Progress(total)
-        writer = BatchWriter(store, args.batch, progress)
-        await generate(writer, rng, ids, n_pat, n_obs, n_dup)
-        if progress.done != progress.last_done:
-            progress.add(0, "done", force=True)
-        loaded = time.monotonic() - progress.start
+        total, loaded, writer = await build(store, args, str(path))
         for name, sql in deferred:
             started = time.monotonic()
             conn.execute(sql)
             print(f"index {name} rebuilt in {time.monotonic() - started:,.1f}s", flush=True)
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        elapsed = time.monotonic() - progress.start
+        elapsed = time.monotonic() - writer.progress.start
     finally:
         await store.close()
     size = path.stat().st_size

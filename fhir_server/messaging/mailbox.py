@@ -10,10 +10,11 @@ from dataclasses import replace
 
 import orjson
 
-from ..errors import FhirError, bad_request, forbidden, unprocessable
+from ..errors import FhirError, bad_request, unprocessable
 from ..instant import new_id, now_us, to_instant
 from ..interactions import Context, crud
 from ..interactions.access import UNRESTRICTED
+from ..policy.access import require_patient_side
 from ..record.documents import dmp_class
 from ..search.criteria import parse_criteria
 from ..store import ResourceVersion
@@ -28,12 +29,6 @@ def _principal(ctx: Context):
     return getattr(ctx.access, "principal", None)
 
 
-def _patient_side_only(ctx: Context, action: str) -> None:
-    access = ctx.access
-    if _principal(ctx) is not None and getattr(access, "patient_side", None) is None:
-        raise forbidden(f"Only the patient, their representative or an app acting for them {action}")
-
-
 async def _message(ctx: Context, id_: str) -> tuple[ResourceVersion, dict]:
     found = await crud.read(ctx, "Communication", id_)
     body = orjson.loads(found.body or b"{}")
@@ -44,7 +39,7 @@ async def _message(ctx: Context, id_: str) -> tuple[ResourceVersion, dict]:
 
 async def trash(ctx: Context, id_: str, into: bool) -> ResourceVersion:
     """``$trash`` / ``$restore``: the patient's copy goes to the trash (a tag) or back to its folder."""
-    _patient_side_only(ctx, "moves a message to the trash")
+    require_patient_side(ctx.access, "moves a message to the trash")
     found, body = await _message(ctx, id_)
     tags = [t for t in (body.get("meta") or {}).get("tag") or () if (t.get("system"), t.get("code")) != _TRASH]
     if into:
@@ -66,7 +61,7 @@ async def file_attachment(ctx: Context, id_: str, parameters: object) -> Resourc
     """``$file-attachment``: an attachment of a message the patient received becomes a document of their record:
     the professional who sent it is its author, the patient side the one who filed it (``mes-filed-from-message``),
     with the DMP type the patient chose (its class follows, ASS_X16)."""
-    _patient_side_only(ctx, "files an attachment into the record")
+    require_patient_side(ctx.access, "files an attachment into the record")
     ctx.access.require("DocumentReference", "c")
     _, message = await _message(ctx, id_)
     if messages.tag(message, codes.MAILBOX) != codes.PATIENT_COPY or not messages.ref(message.get("sender")).startswith(
@@ -161,11 +156,10 @@ async def contacts(ctx: Context, patient: str) -> list[dict]:
         "Communication",
         [("subject", f"Patient/{patient}"), ("_tag", f"{codes.MAILBOX}|{codes.PATIENT_COPY}")],
     )
-    ids = await ctx.store.find_ids(Search("Communication", (*query.where, *ctx.constraints("Communication"))), 10_000)
+    copies = await ctx.store.search(Search("Communication", (*query.where, *ctx.constraints("Communication"))), 10_000)
     senders: dict[str, None] = {}
-    for id_ in ids:
-        found = await ctx.store.read_current("Communication", id_)
-        sender = messages.ref(orjson.loads(found.body or b"{}").get("sender")) if found is not None else ""
+    for found in copies:
+        sender = messages.ref(orjson.loads(found.body or b"{}").get("sender"))
         if sender.startswith(("PractitionerRole/", "Practitioner/", "Organization/")):
             senders[sender] = None
     out = []

@@ -35,7 +35,7 @@ from ..fhirjson import dumps
 from ..instant import new_id, now_us, to_instant
 from ..interactions.access import within
 from ..interactions.crud import create_in, delete_in, update_in
-from ..policy.codes import INS_NIR
+from ..policy.codes import INS_NIR, INVISIBLE_PATIENT
 from ..record.documents import ACCEPTED, sniff
 from ..search.criteria import parse_criteria
 from ..search.indexing import IndexEntry, index_entries
@@ -480,10 +480,8 @@ async def _reference(access: PolicyAccess, tx: Transaction, reference: str, pati
             raise unprocessable(
                 f"{reference} is not a document of this patient's record you may see", expression=(where,)
             )
-        from ..policy import codes as policy_codes  # the label a patient does not see
-
         labels = {c.get("code") for label in document.get("securityLabel") or () for c in label.get("coding") or ()}  # type: ignore[union-attr]
-        if policy_codes.INVISIBLE_PATIENT in labels:
+        if INVISIBLE_PATIENT in labels:
             raise unprocessable(
                 f"{reference} is hidden from the patient: it cannot be sent to them", expression=(where,)
             )

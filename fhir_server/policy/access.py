@@ -74,6 +74,13 @@ class BackendAccess(_Deposits, ScopedAccess):
         await super().check_write(tx, version)
 
 
+def require_patient_side(access: object, action: str) -> None:
+    """Actions only the patient side takes (its read marks, folders, trash…): professionals and backend
+    services do not act for the patient (no principal, auth off: an operator's server)."""
+    if getattr(access, "principal", None) is not None and getattr(access, "patient_side", None) is None:
+        raise forbidden(f"Only the patient, their representative or an app acting for them {action}")
+
+
 def _patient_side(principal: Principal) -> bool:
     if principal.fhir_user_type in _PATIENT_SIDE_USERS:
         return True

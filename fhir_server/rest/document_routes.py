@@ -7,9 +7,10 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..errors import Issue, bad_request, forbidden, operation_outcome
+from ..errors import Issue, bad_request, operation_outcome
 from ..fhirjson import dumps
-from ..interactions import Context, operations
+from ..interactions import operations
+from ..policy.access import require_patient_side
 from ..record import documents, folders
 from .body import read_resource
 from .caller import context
@@ -19,16 +20,9 @@ from .routes import route
 _READ_TAG = {"system": documents.READ_STATE, "code": documents.READ}
 
 
-def _patient_side_only(ctx: Context, action: str) -> None:
-    """Professionals and backend services do not act for the patient (auth off: an operator's server)."""
-    access = ctx.access
-    if getattr(access, "principal", None) is not None and getattr(access, "patient_side", None) is None:
-        raise forbidden(f"Only the patient, their representative or an app acting for them {action}")
-
-
 async def _mark(request: Request, resource_id: str, read: bool) -> Response:
     ctx = context(request)
-    _patient_side_only(ctx, "marks a document read or unread")
+    require_patient_side(ctx.access, "marks a document read or unread")
     # $meta-add/-delete's rewrite: no new version, so no "document updated" event nor professional-visible change
     change = {"resourceType": "Parameters", "parameter": [{"name": "meta", "valueMeta": {"tag": [_READ_TAG]}}]}
     meta = await operations.change_meta(ctx, "DocumentReference", resource_id, change, add=read)
@@ -54,7 +48,7 @@ async def _meta(request: Request, resource_id: str, version_id: str | None, add:
         ((operations.parameter(body, "meta") or {}).get("valueMeta") or {}).get("tag") if isinstance(body, dict) else ()
     )
     if any(isinstance(t, dict) and t.get("system") == documents.READ_STATE for t in tags or ()):
-        _patient_side_only(ctx, "marks a document read or unread")
+        require_patient_side(ctx.access, "marks a document read or unread")
     meta = await operations.change_meta(ctx, "DocumentReference", resource_id, body, add=add, version_id=version_id)
     return fhir_response(request, dumps(operations.meta_parameters(meta)))
 
@@ -84,7 +78,7 @@ async def move(request: Request, resource_id: str) -> Response:
     """Body: a Parameters with ``folder`` = ``valueReference`` ``List/[id]``; without it the document leaves its
     folder."""
     ctx = context(request)
-    _patient_side_only(ctx, "files documents in folders")
+    require_patient_side(ctx.access, "files documents in folders")
     body = await read_resource(request)
     if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
         raise bad_request("$move takes a Parameters resource")

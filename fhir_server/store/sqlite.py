@@ -432,6 +432,7 @@ class SQLiteStore(Store):
         self._checkpointed = 0.0  # time.monotonic() of the last checkpoint started
         self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._sizes = sqlite_plan.Sizes()  # resources per type, for estimates
+        self._densities = sqlite_plan.Densities()  # which searches are broad (their plan)
 
     async def start(self) -> None:
         if self._writer is not None:
@@ -512,7 +513,7 @@ class SQLiteStore(Store):
         if limit <= 0:
             return []
         if not sort:  # id order: a plain B-tree walk of the resource table
-            walk = sqlite_plan.dense(self._read_conn, as_search(query))  # broad: walk it, checking each row
+            walk = self._densities.of(self._read_conn, as_search(query))  # broad: walk it, checking each row
             where = _match_where(query, after[0] if after else None, reverse, walk)
             rows = self._read_conn.execute(
                 *where.statement(
@@ -572,7 +573,7 @@ class SQLiteStore(Store):
 
     async def bounded_count(self, query: StoreQuery | Search, cap: int) -> int | None:
         search = as_search(query)
-        if sqlite_plan.dense(self._read_conn, search):
+        if self._densities.of(self._read_conn, search):
             return None  # broad: counting means visiting every match
         where = _match_where(search)
         found = self._read_conn.execute(
@@ -585,7 +586,7 @@ class SQLiteStore(Store):
     async def estimate(self, query: StoreQuery | Search, sample: tuple[int, str] | None = None) -> int | None:
         search = as_search(query)
         if sample is None:
-            walk = sqlite_plan.dense(self._read_conn, search)
+            walk = self._densities.of(self._read_conn, search)
             where = _match_where(search, walk=walk)
             ids = [row[0] for row in self._read_conn.execute(
                 *where.statement(f"SELECT r.id FROM resource r WHERE {where.sql} ORDER BY r.id LIMIT ?",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections import OrderedDict
 from dataclasses import replace
 
 from .query import Entry, Has, Search
@@ -94,6 +95,27 @@ def exact_entry_count(conn: sqlite3.Connection, search: Search) -> int | None:
     return conn.execute(
         f"SELECT count(*) FROM search_index s WHERE s.type = ? AND {' AND '.join(tests)}", [search.type, *compiler.args]
     ).fetchone()[0]
+
+
+class Densities:
+    """``dense`` of recent searches, for ``SIZE_TTL`` seconds: a default page asks it for its page and again for
+    its bounded count. Only the plan depends on it, never the answer."""
+
+    def __init__(self, entries: int = 256) -> None:
+        self._known: OrderedDict[Search, tuple[float, bool]] = OrderedDict()
+        self._entries = entries
+
+    def of(self, conn: sqlite3.Connection, search: Search) -> bool:
+        now = time.monotonic()
+        try:
+            found = self._known.get(search)
+        except TypeError:  # unhashable conditions: not remembered
+            return dense(conn, search)
+        if found is None or now - found[0] > SIZE_TTL:
+            found = self._known[search] = (now, dense(conn, search))
+            while len(self._known) > self._entries:
+                self._known.popitem(last=False)
+        return found[1]
 
 
 class Sizes:
