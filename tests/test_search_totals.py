@@ -124,9 +124,14 @@ async def test_past_the_bounded_count_the_default_estimates_or_says_it_did_not_c
         f"Observation?code={LOINC}|8480-6&_sort=-date",
     ],
 )
-async def test_a_broad_search_walks_the_type_and_pages_alike(client, monkeypatch, query):
+async def test_a_broad_search_walks_the_type_and_pages_alike(client, monkeypatch, query, store_url):
     expected = await all_ids(client, query)  # the set plan (nothing is dense at the default threshold)
     assert expected, query
     monkeypatch.setattr(sqlite_plan, "DENSE", 3)  # now every condition is dense: the walk
+    plans: list[bool] = []
+    dense = sqlite_plan.dense
+    monkeypatch.setattr(sqlite_plan, "dense", lambda conn, search: plans.append(dense(conn, search)) or plans[-1])
     assert await all_ids(client, query) == expected
+    if store_url.startswith("sqlite") and "_sort" not in query:
+        assert True in plans, query  # the walk was taken
     assert (await page(client, f"{query}&_total=accurate"))["total"] == len(expected)

@@ -102,17 +102,18 @@ class Densities:
     its bounded count. Only the plan depends on it, never the answer."""
 
     def __init__(self, entries: int = 256) -> None:
-        self._known: OrderedDict[Search, tuple[float, bool]] = OrderedDict()
+        self._known: OrderedDict[tuple[Search, int], tuple[float, bool]] = OrderedDict()
         self._entries = entries
 
     def of(self, conn: sqlite3.Connection, search: Search) -> bool:
         now = time.monotonic()
+        key = (search, DENSE)  # the threshold too: the answer is for it
         try:
-            found = self._known.get(search)
+            found = self._known.get(key)
         except TypeError:  # unhashable conditions: not remembered
             return dense(conn, search)
         if found is None or now - found[0] > SIZE_TTL:
-            found = self._known[search] = (now, dense(conn, search))
+            found = self._known[key] = (now, dense(conn, search))
             while len(self._known) > self._entries:
                 self._known.popitem(last=False)
         return found[1]
