@@ -17,7 +17,7 @@ from test_access_control import StandInVerifier, token
 
 from fhir_server.interactions import search as search_interaction
 from fhir_server.rest.responses import TOTAL_METHOD
-from fhir_server.store import sqlite_plan
+from fhir_server.store import mongo, sqlite_plan
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -93,25 +93,61 @@ async def test_the_default_total_is_exact_when_cheap(client):
     assert r.status_code == 400
 
 
-async def test_past_the_bounded_count_the_default_estimates_or_says_it_did_not_count(client, monkeypatch, store_url):
+async def test_past_the_bounded_count_the_default_estimates(client, monkeypatch):
     monkeypatch.setattr(search_interaction, "AUTO_EXACT_UP_TO", 15)
     monkeypatch.setattr(sqlite_plan, "DENSE", 5)
-    found = await page(client, f"Observation?code={LOINC}|8480-6")
-    if store_url.startswith("sqlite"):
-        assert method(found) == "estimate" and 20 <= found["total"] <= 80, found.get("total")
-    else:  # the stand-in's store keeps no statistics: it says it did not count
-        assert method(found) == "omitted" and "total" not in found
+    found = await page(client, f"Observation?code={LOINC}|8480-6")  # 11 matches up to o0030 of 120: 43
+    assert method(found) == "estimate" and 20 <= found["total"] <= 80, found.get("total")
     assert (await page(client, f"Observation?code={LOINC}|8480-6&_total=accurate"))["total"] == 40
+
+
+async def test_total_estimate_scales_the_first_page_or_a_sample(client, monkeypatch):
     estimated = await page(client, f"Observation?code={LOINC}|8480-6&_total=estimate")
-    assert method(estimated) in ("estimate", "omitted")
-    # a confined caller gets the exact count or nothing: never an estimate built from what it may not see
+    assert method(estimated) == "estimate" and 30 <= estimated["total"] <= 50, estimated.get("total")
+    everything = await page(client, "Observation?_total=estimate")  # the first page holds the first ids: exact
+    assert method(everything) == "estimate" and everything["total"] == PATIENTS * PER_PATIENT
+    # sorted: no page in id order to scale, the store samples the first SAMPLE matches itself
+    small = await page(client, f"Observation?code={LOINC}|8480-6&_sort=-date&_total=estimate")
+    assert method(small) == "estimate" and small["total"] == 40  # fewer than SAMPLE: the exact number
+    monkeypatch.setattr(sqlite_plan, "SAMPLE", 5)
+    monkeypatch.setattr(mongo, "SAMPLE", 5)
+    scaled = await page(client, f"Observation?code={LOINC}|8480-6&_sort=-date&_total=estimate")
+    assert method(scaled) == "estimate" and 20 <= scaled["total"] <= 80, scaled.get("total")
+
+
+async def test_the_estimate_reuses_the_type_size_for_a_while(client, monkeypatch):
+    monkeypatch.setattr(sqlite_plan, "SAMPLE", 5)
+    monkeypatch.setattr(mongo, "SAMPLE", 5)
+    query = "Observation?_sort=-date&_total=estimate"  # the first 5 ids: 5 * live / 5
+    assert (await page(client, query))["total"] == PATIENTS * PER_PATIENT
+    more = [{"resource": {**observation(n), "id": f"z{n:04d}"},
+             "request": {"method": "PUT", "url": f"Observation/z{n:04d}"}} for n in range(30)]  # fmt: skip
+    r = await client.post("/", json={"resourceType": "Bundle", "type": "transaction", "entry": more})
+    assert r.status_code == 200, r.text
+    assert (await page(client, query))["total"] == PATIENTS * PER_PATIENT  # the size counted a moment ago
+    monkeypatch.setattr(sqlite_plan, "SIZE_TTL", 0.0)
+    monkeypatch.setattr(mongo, "SIZE_TTL", 0.0)
+    assert (await page(client, query))["total"] == PATIENTS * PER_PATIENT + 30
+
+
+async def test_a_confined_caller_never_gets_an_estimate(client, monkeypatch):
+    """The estimate counts everything stored: a confined caller gets the exact count or nothing, and the
+    store is not even asked for an estimate."""
+    monkeypatch.setattr(search_interaction, "AUTO_EXACT_UP_TO", 5)
+    store = client._transport.app.state.context.store  # type: ignore[attr-defined]
+    asked: list[object] = []
+    original = store.estimate
+    monkeypatch.setattr(store, "estimate", lambda *args, **kwargs: asked.append(args) or original(*args, **kwargs))
+    assert method(await page(client, "Observation?_count=3&_total=estimate")) == "estimate"  # unconfined: given
+    assert len(asked) == 1
     client._transport.app.state.auth = StandInVerifier()  # type: ignore[attr-defined]
     patient = token("patient/*.rs", patient="p01", **LONG)
-    mine = await page(client, "Observation?_count=3", patient)
-    assert mine["total"] == PER_PATIENT and method(mine) is None
+    mine = await page(client, "Observation?_count=20", patient)
+    assert mine["total"] == PER_PATIENT and method(mine) is None  # the first page holds every match
     for total in ("", "&_total=estimate"):
-        confined = await page(client, f"Observation?_count=3&code={LOINC}|8462-4{total}", patient)  # all p01's
-        assert method(confined) != "estimate" and confined.get("total") in (None, PER_PATIENT), confined.get("total")
+        confined = await page(client, f"Observation?_count=3{total}", patient)  # past the bounded count
+        assert method(confined) == "omitted" and "total" not in confined, confined.get("total")
+    assert len(asked) == 1
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,8 @@ Indexes (created by ``start``, idempotent)
   * ``system_history`` ``{lu, t, i, v}``: whole-system history, newest first (index walked backwards).
   * ``type_history`` ``{t, lu, i, v}``: history of a type, and of one resource (``i`` filtered on it).
 ``resource``:
-  * ``current_by_type`` ``{t, del, i}``: live resources of a type in id order (``find_ids``).
+  * ``current_by_type`` ``{t, del, i}``: live resources of a type in id order (``find_ids``), and the
+    counts an estimate scales by (``estimate``: index keys only).
   * ``index_value`` ``{t, idx.p, idx.v, idx.s}``: multikey, token / string / reference matches.
   * ``index_range`` ``{t, idx.p, idx.lo, idx.hi}``: multikey, date / number / quantity ranges.
 
@@ -107,6 +108,11 @@ _WRITE_CONFLICT = 112  # server error code WriteConflict
 _MAX_TIME_EXPIRED = 50  # MaxTimeMSExpired: a commit that ran out of time is not retried (as with_transaction)
 #: BSONObjectTooLarge (an insert, upsert or update result over 16 MiB); 17419 / 17420, the same before 4.4.
 _TOO_LARGE = frozenset({10334, 17419, 17420})
+
+#: Matches an estimate samples when no page gave it its sample (as SQLite's, store/sqlite_plan.py).
+SAMPLE = 100
+#: Seconds a type's live size is reused for estimates.
+SIZE_TTL = 30.0
 
 _VERSION_FIELDS = {"_id": 0, "t": 1, "i": 1, "v": 1, "lu": 1, "m": 1, "body": 1}
 _NEWEST_FIRST = [("lu", -1), ("t", -1), ("i", -1), ("v", -1)]
@@ -399,6 +405,7 @@ class MongoStore(Store):
         self._w = _parse_w(write_concern)
         self._client: AsyncMongoClient | None = None
         self._db: AsyncDatabase | None = None
+        self._sizes: dict[str, tuple[float, int]] = {}  # type → (time.monotonic(), live resources), for estimates
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -574,6 +581,38 @@ class MongoStore(Store):
             flt = await compile_search(db[CURRENT], as_search(query), None)
             found = await db[CURRENT].count_documents(flt, limit=cap + 1)
         return found if found <= cap else None
+
+    async def estimate(self, query: StoreQuery | Search, sample: tuple[int, str] | None = None) -> int | None:
+        """SQLite's estimate (docs/search.md "Totals"): ``matches * live resources of the type / those up to
+        last_id``, the matches found among the type's first resources in id order (UUIDv7 ids: creation order,
+        a sample unrelated to content). Both counts read ``current_by_type`` keys only, no document: one range
+        count, plus the type's size every ``SIZE_TTL`` seconds, sent concurrently. Without ``sample`` (a sorted
+        search) the first ``SAMPLE`` matches in id order are read first (one find); fewer are the exact number."""
+        db = self._database
+        search = as_search(query)
+        with _unavailable():
+            if sample is None:
+                ids = await _find_ids(db[CURRENT], search, SAMPLE, None)
+                if len(ids) < SAMPLE:
+                    return len(ids)  # every match: the exact number
+                sample = (len(ids), ids[-1])
+            matches, last_id = sample
+            seen, size = await asyncio.gather(
+                db[CURRENT].count_documents({"t": search.type, "del": False, "i": {"$lte": last_id}}),
+                self._size(search.type),
+            )
+        return round(matches * size / seen) if seen else matches
+
+    async def _size(self, type_: str) -> int:
+        """Live resources of ``type_``, recounted after ``SIZE_TTL`` seconds: the count walks every key of the
+        type, too much to repeat on each page of a large type (one collection holds every type, with deleted
+        resources: ``estimated_document_count`` cannot tell)."""
+        now = time.monotonic()
+        found = self._sizes.get(type_)
+        if found is None or now - found[0] > SIZE_TTL:
+            size = await self._database[CURRENT].count_documents({"t": type_, "del": False})
+            found = self._sizes[type_] = (now, size)
+        return found[1]
 
     # -- the transactional outbox ----------------------------------------------------------------------
 
