@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fhir_server.search.indexing import IndexEntry
 from fhir_server.store import ResourceVersion
-from fhir_server.store.read_cache import CurrentVersionCache
+from fhir_server.store.query import AnyOf, Chain, Entry, Has, IdIn, Not, Search, types_read
+from fhir_server.store.read_cache import ReadCache
 from fhir_server.store.sqlite import SQLiteStore
 
 
@@ -44,7 +46,7 @@ async def test_writes_of_other_connections_are_seen(tmp_path: Path):
 
 
 def test_cache_is_bounded_by_entries_and_bytes():
-    cache = CurrentVersionCache(max_entries=3, max_bytes=16 * 100)
+    cache = ReadCache(max_entries=3, max_bytes=16 * 100)
     for i in range(5):
         cache.put(("Patient", str(i)), version(str(i), 1, b"x" * 10))
     assert len(cache) == 3  # the least recently used went first
@@ -54,3 +56,78 @@ def test_cache_is_bounded_by_entries_and_bytes():
     cache.put(("Patient", "mid"), version("mid", 1, b"x" * 90))
     cache.put(("Patient", "mid2"), version("mid2", 1, b"x" * 90))
     assert cache._bytes <= 16 * 100 and len(cache) <= 3
+
+
+def other_type(id_: str, n: int, type_: str = "AuditEvent") -> ResourceVersion:
+    return ResourceVersion(type_, id_, n, 1_700_000_000_000_000 + n, "PUT", b'{"resourceType":"%s"}' % type_.encode())
+
+
+async def test_commits_to_other_types_keep_the_entries(tmp_path: Path):
+    """The audit trail's commits (AuditEvents) do not empty the cache of the documents and patients read."""
+    path = str(tmp_path / "c.db")
+    reader, other = SQLiteStore(path, read_cache_entries=100), SQLiteStore(path)
+    await reader.start()
+    await other.start()
+    try:
+        await put(reader, version("p", 1))
+        await reader.read_current("Patient", "p")
+        await put(other, other_type("a", 1))  # another type, another connection
+        await put(reader, other_type("b", 1))
+        assert ("Patient", "p") in reader._cache._entries
+        assert (await reader.read_current("Patient", "p")).version == 1
+        await put(other, version("q", 1))  # a commit to the type drops its entries, whichever resource
+        await reader.read_current("AuditEvent", "a")
+        assert ("Patient", "p") not in reader._cache._entries
+        assert ("AuditEvent", "a") in reader._cache._entries
+    finally:
+        await reader.close()
+        await other.close()
+
+
+def _visible_if_no_block(id_: str) -> Search:
+    """A policy-like check of one Patient id: no Consent of theirs has provision-type deny."""
+    block = Search("Consent", (Entry("provision-type", value="deny"),))
+    return Search("Patient", (IdIn((id_,)), Not(Has("patient", block))))
+
+
+async def put_entries(store: SQLiteStore, v: ResourceVersion, entries) -> None:
+    async def work(tx):
+        await tx.put(v, entries)
+
+    await store.transact(work)
+
+
+async def test_visibility_verdicts_follow_every_type_their_conditions_read(tmp_path: Path):
+    path = str(tmp_path / "c.db")
+    reader, other = SQLiteStore(path, read_cache_entries=100), SQLiteStore(path)
+    await reader.start()
+    await other.start()
+    try:
+        await put(other, version("p", 1))
+        assert await reader.find_ids(_visible_if_no_block("p"), 1) == ["p"]
+        assert len(reader._cache._verdicts) == 1
+        await put(other, other_type("a", 1))  # an AuditEvent: the verdict stays
+        assert await reader.find_ids(_visible_if_no_block("p"), 1) == ["p"]
+        assert len(reader._cache._verdicts) == 1
+        # the patient blocks (a Consent written by another process): the next check sees it
+        deny = [
+            IndexEntry("provision-type", "deny", None, None, None),
+            IndexEntry("patient", "Patient/p", None, None, None),
+        ]
+        await put_entries(other, other_type("c", 1, "Consent"), deny)
+        assert await reader.find_ids(_visible_if_no_block("p"), 1) == []
+        await put_entries(reader, other_type("c", 2, "Consent"), [])  # lifted, by this store's own writer
+        assert await reader.find_ids(_visible_if_no_block("p"), 1) == ["p"]
+        await other.purge("Patient", ["p"])  # gone: not visible
+        assert await reader.find_ids(_visible_if_no_block("p"), 1) == []
+    finally:
+        await reader.close()
+        await other.close()
+
+
+def test_types_read_names_chain_targets_and_has_sources():
+    search = Search(
+        "DocumentReference",
+        (AnyOf((Chain("subject", Search("Patient", (Not(Has("patient", Search("Consent"))),))), Entry("x"))),),
+    )
+    assert types_read(search) == {"DocumentReference", "Patient", "Consent"}

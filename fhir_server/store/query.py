@@ -117,3 +117,21 @@ class SortKey:
 # Sentinels standing in for "no entry" (sorts last) and for infinite range ends in sort keys.
 MAX_TEXT = "\U0010ffff"
 MAX_NUMBER = 1e308
+
+
+def types_read(search: Search) -> frozenset[str]:
+    """Every type whose resources ``search`` reads: its own, chain targets and ``_has`` sources (what a
+    cached answer depends on)."""
+    found = {search.type}
+    pending: list[Condition] = list(search.where)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, Chain | Has):
+            inner = node.target if isinstance(node, Chain) else node.source
+            found.add(inner.type)
+            pending.extend(inner.where)
+        elif isinstance(node, Not):
+            pending.append(node.condition)
+        elif isinstance(node, AnyOf | AllOf):
+            pending.extend(node.conditions)
+    return frozenset(found)

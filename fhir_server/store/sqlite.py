@@ -33,8 +33,8 @@ from .base import (
     decode_payload,
     encode_payload,
 )
-from .query import Condition, IdIn, Search, SortKey
-from .read_cache import CurrentVersionCache
+from .query import Condition, IdIn, Search, SortKey, types_read
+from .read_cache import ReadCache
 from .sqlite_query import (
     VERSION_COLUMNS,
     Compiler,
@@ -94,6 +94,9 @@ CREATE INDEX IF NOT EXISTS search_index_low_high
 -- per-candidate checks (EXISTS) of every condition once a selective one drives a search (sqlite_query.py).
 DROP INDEX IF EXISTS search_index_owner;
 CREATE INDEX IF NOT EXISTS search_index_by_owner ON search_index (type, id, param, value, system);
+-- A counter per type, bumped by every commit that changes a resource of that type: the process caches of
+-- reads (read_cache.py) drop only what such a commit may have changed.
+CREATE TABLE IF NOT EXISTS type_generation (type TEXT PRIMARY KEY, generation INTEGER NOT NULL) WITHOUT ROWID;
 -- The transactional outbox (notify/outbox.py): not resources; payload is JSON (orjson), due in µs.
 CREATE TABLE IF NOT EXISTS outbox (
     id TEXT PRIMARY KEY,
@@ -173,6 +176,17 @@ def _current(conn: sqlite3.Connection, type_: str, id_: str) -> ResourceVersion 
     return _row_to_version(row) if row else None
 
 
+_BUMP = (
+    "INSERT INTO type_generation (type, generation) VALUES (?, 1)"
+    " ON CONFLICT (type) DO UPDATE SET generation = generation + 1"
+)
+
+
+def _changed(conn: sqlite3.Connection, *types: str) -> None:
+    """Resources of ``types`` change in this unit of work (read_cache.py)."""
+    conn.executemany(_BUMP, [(t,) for t in dict.fromkeys(types)])
+
+
 def _put(conn: sqlite3.Connection, version: ResourceVersion, entries: Sequence[IndexEntry]) -> None:
     row = conn.execute("SELECT version FROM resource WHERE type = ? AND id = ?", (version.type, version.id)).fetchone()
     current = row[0] if row else 0
@@ -199,6 +213,7 @@ def _put(conn: sqlite3.Connection, version: ResourceVersion, entries: Sequence[I
             "INSERT INTO search_index (type, id, param, value, system, low, high) VALUES (?, ?, ?, ?, ?, ?, ?)",
             [(version.type, version.id, *e) for e in entries],
         )
+    _changed(conn, version.type)
 
 
 def _append(conn: sqlite3.Connection, versions: Sequence[tuple[ResourceVersion, Sequence[IndexEntry]]]) -> None:
@@ -214,6 +229,7 @@ def _append(conn: sqlite3.Connection, versions: Sequence[tuple[ResourceVersion, 
         "INSERT INTO search_index (type, id, param, value, system, low, high) VALUES (?, ?, ?, ?, ?, ?, ?)",
         [(v.type, v.id, *e) for v, entries in versions for e in entries],
     )
+    _changed(conn, *(v.type for v, _ in versions))
 
 
 class SQLiteTransaction(Transaction):
@@ -315,6 +331,7 @@ def _purge(conn: sqlite3.Connection, type_: str, ids: Sequence[str]) -> int:
         conn.execute(f"DELETE FROM search_index WHERE type = ? AND id IN ({marks})", [type_, *chunk])
         found += conn.execute(f"DELETE FROM resource WHERE type = ? AND id IN ({marks})", [type_, *chunk]).rowcount
         conn.execute(f"DELETE FROM resource_version WHERE type = ? AND id IN ({marks})", [type_, *chunk])
+    _changed(conn, type_)
     return found
 
 
@@ -325,6 +342,7 @@ def _rewrite_body(conn: sqlite3.Connection, version: ResourceVersion) -> None:
     ).rowcount
     if changed != 1:
         raise VersionConflict(f"{version.type}/{version.id}: no stored version {version.version} to rewrite")
+    _changed(conn, version.type)
 
 
 def _replace_entries(conn: sqlite3.Connection, version: ResourceVersion, entries: Sequence[IndexEntry]) -> None:
@@ -337,6 +355,7 @@ def _replace_entries(conn: sqlite3.Connection, version: ResourceVersion, entries
         "INSERT INTO search_index (type, id, param, value, system, low, high) VALUES (?, ?, ?, ?, ?, ?, ?)",
         [(version.type, version.id, *e) for e in entries],
     )
+    _changed(conn, version.type)
 
 
 class _Where(NamedTuple):
@@ -371,6 +390,23 @@ def _one_id_where(search: Search) -> _Where:
     """The visibility check of one id (reads, the write guard) compiled once per set of conditions: a
     confined caller's conditions are the same on every read, only the id changes."""
     return _match_where(Search(search.type, (IdIn((_ID_PLACEHOLDER,)), *search.where)))
+
+
+def _one_id_check(search: Search) -> tuple[tuple[Search, str], frozenset[str]] | None:
+    """(key, types read) of a search for one id under conditions; None for other searches."""
+    first = search.where[0] if search.where else None
+    if not isinstance(first, IdIn) or len(first.ids) != 1 or len(search.where) < 2:
+        return None
+    rest = Search(search.type, search.where[1:])
+    try:
+        return (rest, first.ids[0]), _types_read(rest)
+    except TypeError:  # unhashable conditions
+        return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _types_read(search: Search) -> frozenset[str]:
+    return types_read(search)
 
 
 def _find_ids(conn: sqlite3.Connection, query: StoreQuery | Search, limit: int) -> list[str]:
@@ -423,7 +459,7 @@ class SQLiteStore(Store):
         """``read_cache_entries``: current versions kept for reads (``read_cache``; 0: none)."""
         self.path = path
         self._read_cache_entries = read_cache_entries
-        self._cache: CurrentVersionCache | None = None
+        self._cache: ReadCache | None = None
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._pending: deque[tuple[Callable, asyncio.Future]] = deque()
@@ -449,7 +485,7 @@ class SQLiteStore(Store):
             self._writer.execute("PRAGMA optimize")
             self._reader = _connect(self.path) if self.path != ":memory:" else self._writer
             if self._read_cache_entries > 0 and self._reader is not self._writer:  # data_version needs two
-                self._cache = CurrentVersionCache(self._read_cache_entries)
+                self._cache = ReadCache(self._read_cache_entries)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
 
@@ -499,7 +535,20 @@ class SQLiteStore(Store):
         return self._read_conn.execute(f"SELECT count(*) FROM resource_version{where}", args).fetchone()[0]
 
     async def find_ids(self, query: StoreQuery | Search, limit: int) -> list[str]:
-        return _find_ids(self._read_conn, query, limit)
+        conn, cache = self._read_conn, self._cache
+        if cache is None or limit < 1 or not isinstance(query, Search):
+            return _find_ids(conn, query, limit)
+        checked = _one_id_check(query)
+        if checked is None:
+            return _find_ids(conn, query, limit)
+        # A visibility check of one id (a confined caller's read): its verdict is kept until a commit
+        # changes a type its conditions read (read_cache.py).
+        key, types = checked
+        verdict = cache.verdict(conn, key)
+        if verdict is None:
+            verdict = bool(_find_ids(conn, query, 1))
+            cache.put_verdict(key, types, verdict)
+        return [key[1]] if verdict else []
 
     async def search_page(
         self,
