@@ -442,8 +442,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-src", type=Path, help="run the server from this copy of the package (an experiment)")
     p.add_argument("--lifetime", type=int, default=3600, help="token lifetime, seconds (default 3600)")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--audit", choices=("true", "false"), default="true",
-                   help="the audit trail (FHIR_SERVER_AUDIT; default true, the product's default: every read traced)")
+    p.add_argument(
+        "--audit",
+        choices=("true", "false"),
+        default="true",
+        help="the audit trail (FHIR_SERVER_AUDIT; default true, the product's default: every read traced)",
+    )
     p.add_argument("--label", default="", help="free text stored with the results")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
     args = p.parse_args(argv)
@@ -472,7 +476,13 @@ def main(argv: list[str] | None = None) -> int:
         "label": args.label,
         "machine": machine_facts(),
         "corpus": {k: v for k, v in facts.items() if k != "read_targets"},
-        "server": {"workers": 1, "auth": "on", "audit": args.audit, "store": store, "src": str(args.server_src or "editable install")},
+        "server": {
+            "workers": 1,
+            "auth": "on",
+            "audit": args.audit,
+            "store": store,
+            "src": str(args.server_src or "editable install"),
+        },
         "wrk": settings.describe(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "targets": {"read_overhead": READ_OVERHEAD_TARGET, "search_p95_ms": SEARCH_P95_TARGET_MS},
