@@ -114,10 +114,10 @@ class PolicyAccess(_Deposits, ScopedAccess):
         # the habilitation matrix: a wildcard grant (user/*.rs) does not reach them.
         return tuple(g for g in grants if g.type == type_)
 
-    def may(self, type_: str, permission: str) -> bool:
+    def _grants_permission(self, type_: str, permission: str) -> bool:
         if self.professional is not None and self.professional.mode != codes.NORMAL and permission in "cud":
             return False  # an emergency access only reads
-        return super().may(type_, permission)
+        return super()._grants_permission(type_, permission)
 
     def sees_everything(self) -> bool:
         return False

@@ -48,8 +48,17 @@ class ScopedAccess(Access):
     def __init__(self, principal: Principal) -> None:
         self.principal = principal
         self._constraints: dict[tuple[str, str], Filter] = {}
+        self._may: dict[tuple[str, str], bool] = {}
 
     def may(self, type_: str, permission: str) -> bool:
+        """Remembered per type and letter: the access object lives as long as its token (authenticate.py)."""
+        key = (type_, permission)
+        found = self._may.get(key)
+        if found is None:
+            found = self._may[key] = self._grants_permission(type_, permission)
+        return found
+
+    def _grants_permission(self, type_: str, permission: str) -> bool:
         return any(g.covers(type_, permission) for g in self.grants(type_))
 
     def grants(self, type_: str) -> tuple[ScopeGrant, ...]:
