@@ -220,6 +220,34 @@ def read_runs(args, settings: WrkSettings, base: str, server, tokens: dict, fact
 
 
 # --- searches (httpx, sequential, callers interleaved) --------------------------------------------------------------
+def first_reads(args, base: str, server, tokens: dict, facts: dict) -> dict:
+    """Reads of documents nobody read since the server started, one by one: the store's caches (the current
+    version, a professional's visibility verdict) are cold, as on a first consultation. bench-200's documents
+    split in two halves, the system token reading one and the médecin the other (both cold), then the médecin
+    reading its half again (warm). Latency p50 and server CPU per read."""
+    headers = {c: {"Accept": FHIR_JSON, "Authorization": f"Bearer {tokens[c]}"} for c in ("system", "medecin")}
+    with httpx.Client(base_url=base, timeout=args.request_timeout) as client:
+        found = client.get(f"/DocumentReference?patient=Patient/{facts['bench_patient']}&_count=200&_elements=id",
+                           headers=headers["system"]).json()  # fmt: skip
+        ids = sorted(e["resource"]["id"] for e in found.get("entry") or ())
+        halves = {"system": ids[0::2], "medecin": ids[1::2]}
+        out = {}
+        for label, caller in (("system_cold", "system"), ("medecin_cold", "medecin"), ("medecin_warm", "medecin")):
+            samples, statuses = [], Counter()
+            for id_ in halves[caller]:
+                cpu0, t0 = main_thread_cpu_ns(server.popen.pid), time.perf_counter()
+                r = client.get(f"/DocumentReference/{id_}", headers=headers[caller])
+                samples.append(((time.perf_counter() - t0) * 1000, main_thread_cpu_ns(server.popen.pid) - cpu0))
+                statuses[r.status_code] += 1
+            ms = sorted(m for m, _ in samples)
+            out[label] = {"reads": len(samples), "statuses": dict(statuses), "p50_ms": statistics.median(ms),
+                          "cpu_us_per_read": sum(c for _, c in samples) / len(samples) / 1000}  # fmt: skip
+            r = out[label]
+            print(f"  first reads, {label:<13} {r['reads']} reads {dict(statuses)}: p50 {r['p50_ms']:.2f} ms, "
+                  f"{r['cpu_us_per_read']:.0f} µs CPU/read", flush=True)  # fmt: skip
+    return out
+
+
 def search_runs(args, base: str, server, tokens: dict, facts: dict, stamp: str) -> list[dict]:
     bench = facts["bench_patient"]
     rng = random.Random(args.seed)
@@ -509,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
                 doc["explain"] = explain(path, claims_of(tokens["medecin"]), facts)
                 print_explain(doc["explain"], args.explain_sql)
             if not args.skip_reads:
+                doc["first_reads"] = first_reads(args, base, server, tokens, facts)
                 doc["reads"] = read_runs(args, settings, base, server, tokens, facts, tmp, stamp)
             if not args.skip_searches:
                 doc["searches"] = search_runs(args, base, server, tokens, facts, stamp)
