@@ -218,8 +218,9 @@ def search_runs(args, servers: dict, tokens: dict, facts: dict) -> dict:
     finally:
         for c in clients.values():
             c.close()
+    ranked = {n: sorted(t) for n, t in times.items()}  # percentile() reads ranks: sorted values
     return {n: {"p50_ms": percentile(t, 50), "p95_ms": percentile(t, 95), "p99_ms": percentile(t, 99)}
-            for n, t in times.items()}  # fmt: skip
+            for n, t in ranked.items()}  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -304,6 +304,8 @@ def test_the_cached_index_entries_of_an_audit_event_are_its_index_entries():
         Access(ps, "search-type", FHIR_BASE, patients=["lea"], resources=["Observation/o"], query="code=x&_count=2",
                request_id="r-9", outcome="4"),
         Access(patient, "update", FHIR_BASE, patients=["lea"], resources=["Consent/c/_history/3"]),
+        Access(ps, "search-type", FHIR_BASE, patients=["lea"], query="patient=lea",
+               resources=[f"DocumentReference/d{i}/_history/{i % 3 + 1}" for i in range(40)] + ["Patient/lea"]),
         Access(Actor(client_id="feed"), "operation", FHIR_BASE, operation="everything", details=(("file", "a"),)),
         Access(Actor.os_operator("root"), "operation", FHIR_BASE, operation="purge", event_type=AUDIT_LOG_USED,
                action="D", description="12 purged"),
