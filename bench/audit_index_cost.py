@@ -51,6 +51,18 @@ def events(n: int) -> list:
     return out
 
 
+def _versions_and_pointers(conn, batch: list) -> None:
+    """The version rows and current pointers of new resources (``_append`` without the index rows)."""
+    conn.executemany(
+        "INSERT INTO resource_version (type, id, version, last_updated, method, body) VALUES (?, ?, ?, ?, ?, ?)",
+        [(v.type, v.id, v.version, v.last_updated, v.method, v.body) for v, _ in batch],
+    )
+    conn.executemany(
+        "INSERT INTO resource (type, id, version, deleted) VALUES (?, ?, ?, 0)",
+        [(v.type, v.id, v.version) for v, _ in batch],
+    )
+
+
 def inline(conn, batches: list[list]) -> dict:
     index_rows = total = rows = 0.0
     for batch in batches:
@@ -65,12 +77,7 @@ def inline(conn, batches: list[list]) -> dict:
     for batch in batches:
         again = [(dataclasses.replace(v, id=v.id + "x"), e) for v, e in batch]
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(
-            "INSERT INTO resource_version (type, id, version, last_updated, method, body) VALUES (?, ?, ?, ?, ?, ?)",
-            [(v.type, v.id, v.version, v.last_updated, v.method, v.body) for v, _ in again],
-        )
-        conn.executemany("INSERT INTO resource (type, id, version, deleted) VALUES (?, ?, ?, 0)",
-                         [(v.type, v.id, v.version) for v, _ in again])  # fmt: skip
+        _versions_and_pointers(conn, again)
         start = time.perf_counter()
         conn.executemany(INSERT_INDEX, [(v.type, v.id, *x) for v, e in again for x in e])  # fmt: skip
         index_rows += time.perf_counter() - start
@@ -88,12 +95,7 @@ def deferred(conn, batches: list[list]) -> dict:
         batch = [(dataclasses.replace(v, id=v.id + "d"), e) for v, e in batch]
         start = time.perf_counter()
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(
-            "INSERT INTO resource_version (type, id, version, last_updated, method, body) VALUES (?, ?, ?, ?, ?, ?)",
-            [(v.type, v.id, v.version, v.last_updated, v.method, v.body) for v, _ in batch],
-        )
-        conn.executemany("INSERT INTO resource (type, id, version, deleted) VALUES (?, ?, ?, 0)",
-                         [(v.type, v.id, v.version) for v, _ in batch])  # fmt: skip
+        _versions_and_pointers(conn, batch)
         conn.executemany("INSERT INTO bench_index_pending (type, id, entries) VALUES (?, ?, ?)",
                          [(v.type, v.id, orjson.dumps([tuple(x) for x in e])) for v, e in batch])  # fmt: skip
         conn.execute("COMMIT")

@@ -3,7 +3,10 @@ writer, another worker process, the bulk loader) is seen by the next read."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import pytest
 
 from fhir_server.search.indexing import IndexEntry
 from fhir_server.store import ResourceVersion
@@ -62,26 +65,33 @@ def other_type(id_: str, n: int, type_: str = "AuditEvent") -> ResourceVersion:
     return ResourceVersion(type_, id_, n, 1_700_000_000_000_000 + n, "PUT", b'{"resourceType":"%s"}' % type_.encode())
 
 
-async def test_commits_to_other_types_keep_the_entries(tmp_path: Path):
-    """The audit trail's commits (AuditEvents) do not empty the cache of the documents and patients read."""
+@pytest.fixture
+async def two_stores(tmp_path: Path) -> AsyncIterator[tuple[SQLiteStore, SQLiteStore]]:
+    """Two stores on one file, as two worker processes: the first caches its reads."""
     path = str(tmp_path / "c.db")
     reader, other = SQLiteStore(path, read_cache_entries=100), SQLiteStore(path)
     await reader.start()
     await other.start()
     try:
-        await put(reader, version("p", 1))
-        await reader.read_current("Patient", "p")
-        await put(other, other_type("a", 1))  # another type, another connection
-        await put(reader, other_type("b", 1))
-        assert ("Patient", "p") in reader._cache._entries
-        assert (await reader.read_current("Patient", "p")).version == 1
-        await put(other, version("q", 1))  # a commit to the type drops its entries, whichever resource
-        await reader.read_current("AuditEvent", "a")
-        assert ("Patient", "p") not in reader._cache._entries
-        assert ("AuditEvent", "a") in reader._cache._entries
+        yield reader, other
     finally:
         await reader.close()
         await other.close()
+
+
+async def test_commits_to_other_types_keep_the_entries(two_stores):
+    """The audit trail's commits (AuditEvents) do not empty the cache of the documents and patients read."""
+    reader, other = two_stores
+    await put(reader, version("p", 1))
+    await reader.read_current("Patient", "p")
+    await put(other, other_type("a", 1))  # another type, another connection
+    await put(reader, other_type("b", 1))
+    assert ("Patient", "p") in reader._cache._entries
+    assert (await reader.read_current("Patient", "p")).version == 1
+    await put(other, version("q", 1))  # a commit to the type drops its entries, whichever resource
+    await reader.read_current("AuditEvent", "a")
+    assert ("Patient", "p") not in reader._cache._entries
+    assert ("AuditEvent", "a") in reader._cache._entries
 
 
 def _visible_if_no_block(id_: str) -> Search:
@@ -97,32 +107,25 @@ async def put_entries(store: SQLiteStore, v: ResourceVersion, entries) -> None:
     await store.transact(work)
 
 
-async def test_visibility_verdicts_follow_every_type_their_conditions_read(tmp_path: Path):
-    path = str(tmp_path / "c.db")
-    reader, other = SQLiteStore(path, read_cache_entries=100), SQLiteStore(path)
-    await reader.start()
-    await other.start()
-    try:
-        await put(other, version("p", 1))
-        assert await reader.find_ids(_visible_if_no_block("p"), 1) == ["p"]
-        assert len(reader._cache._verdicts) == 1
-        await put(other, other_type("a", 1))  # an AuditEvent: the verdict stays
-        assert await reader.find_ids(_visible_if_no_block("p"), 1) == ["p"]
-        assert len(reader._cache._verdicts) == 1
-        # the patient blocks (a Consent written by another process): the next check sees it
-        deny = [
-            IndexEntry("provision-type", "deny", None, None, None),
-            IndexEntry("patient", "Patient/p", None, None, None),
-        ]
-        await put_entries(other, other_type("c", 1, "Consent"), deny)
-        assert await reader.find_ids(_visible_if_no_block("p"), 1) == []
-        await put_entries(reader, other_type("c", 2, "Consent"), [])  # lifted, by this store's own writer
-        assert await reader.find_ids(_visible_if_no_block("p"), 1) == ["p"]
-        await other.purge("Patient", ["p"])  # gone: not visible
-        assert await reader.find_ids(_visible_if_no_block("p"), 1) == []
-    finally:
-        await reader.close()
-        await other.close()
+async def test_visibility_verdicts_follow_every_type_their_conditions_read(two_stores):
+    reader, other = two_stores
+    await put(other, version("p", 1))
+    assert await reader.find_ids(_visible_if_no_block("p"), 1) == ["p"]
+    assert len(reader._cache._verdicts) == 1
+    await put(other, other_type("a", 1))  # an AuditEvent: the verdict stays
+    assert await reader.find_ids(_visible_if_no_block("p"), 1) == ["p"]
+    assert len(reader._cache._verdicts) == 1
+    # the patient blocks (a Consent written by another process): the next check sees it
+    deny = [
+        IndexEntry("provision-type", "deny", None, None, None),
+        IndexEntry("patient", "Patient/p", None, None, None),
+    ]
+    await put_entries(other, other_type("c", 1, "Consent"), deny)
+    assert await reader.find_ids(_visible_if_no_block("p"), 1) == []
+    await put_entries(reader, other_type("c", 2, "Consent"), [])  # lifted, by this store's own writer
+    assert await reader.find_ids(_visible_if_no_block("p"), 1) == ["p"]
+    await other.purge("Patient", ["p"])  # gone: not visible
+    assert await reader.find_ids(_visible_if_no_block("p"), 1) == []
 
 
 def test_types_read_names_chain_targets_and_has_sources():
