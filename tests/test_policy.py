@@ -561,3 +561,27 @@ async def test_more_leak_probes_include_transaction_and_wording(client):
     assert hidden.text.replace("lea-psy", "X") == unknown.text.replace("lea-nope", "X")
     for path in ("/Binary/bin-lea-psy", "/Binary/bin-lea-nope"):
         assert (await client.get(path, headers=h)).status_code == 404
+
+
+async def test_a_block_holds_from_the_next_request_though_the_reads_were_served_from_cache(client):
+    """The SQLite store caches a professional's visibility verdicts (store/read_cache.py): the patient's new
+    block (a Consent, another type than what is read) must turn every channel over at the next request, and
+    its lifting turn them back."""
+    med, lea = ps_token("med"), token("patient/*.cruds", patient="lea", fhirUser="Patient/lea")
+    reads = ("/DocumentReference/lea-cr", "/DocumentReference/lea-cr/_history/1", "/Binary/bin-lea-cr",
+             "/Immunization/lea-imm")  # fmt: skip
+    for _ in range(2):  # the second time from the caches
+        for path in reads:
+            assert (await client.get(path, headers=med)).status_code == 200, path
+    r = await client.put("/Consent/block-med", json=consent("block-med", "lea", "deny", ("Practitioner/med",)),
+                         headers=lea)  # fmt: skip
+    assert r.status_code in (200, 201), r.text
+    for path in reads:
+        r = await client.get(path, headers=med)
+        assert r.status_code == 404 and "is not known" in r.text, path
+    assert await visible_docs(client, med) == set()
+    r = await client.get("/DocumentReference?subject=Patient/lea&_summary=count", headers=med)
+    assert r.json()["total"] == 0
+    assert (await client.delete("/Consent/block-med", headers=lea)).status_code in (200, 204)
+    for path in reads:
+        assert (await client.get(path, headers=med)).status_code == 200, path
